@@ -1,0 +1,102 @@
+"""BERT with two classification heads (sentiment, topic) over one shared encoder.
+
+One encoder pass serves both heads, which halves inference cost compared with two
+single-task models. The label sets travel in config.json, so a checkpoint directory is
+self-describing: the engine never needs a side-car label file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import BertConfig, BertModel, BertPreTrainedModel
+from transformers.utils import ModelOutput
+
+from engines.base import SENTIMENT_LABELS
+
+IGNORE_INDEX = -100
+
+
+def configure_heads(
+    config: BertConfig,
+    *,
+    topic_labels: Sequence[str],
+    name: str,
+    sentiment_labels: Sequence[str] = SENTIMENT_LABELS,
+) -> BertConfig:
+    """Attach the finpulse label sets and model name to a BertConfig (e.g. one loaded from mBERT).
+
+    Each list's position is the class id, so the lists are the id -> label maps.
+    """
+    config.sentiment_labels = list(sentiment_labels)
+    config.topic_labels = list(topic_labels)
+    config.finpulse_model_name = name
+    config.architectures = ["BertForSentimentAndTopic"]
+    return config
+
+
+@dataclass
+class SentimentTopicOutput(ModelOutput):
+    """Logits of both heads; loss is set when at least one head's labels were given."""
+
+    loss: torch.Tensor | None = None
+    sentiment_logits: torch.Tensor | None = None
+    topic_logits: torch.Tensor | None = None
+
+
+class BertForSentimentAndTopic(BertPreTrainedModel):
+    """Pooled [CLS] output -> dropout -> one linear layer per head."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        if not getattr(config, "topic_labels", None):
+            raise ValueError("config.topic_labels is missing; prepare the config with engines.modeling.configure_heads")
+        if not getattr(config, "sentiment_labels", None):
+            config.sentiment_labels = list(SENTIMENT_LABELS)
+        self.bert = BertModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.sentiment_head = nn.Linear(config.hidden_size, len(config.sentiment_labels))
+        self.topic_head = nn.Linear(config.hidden_size, len(config.topic_labels))
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        sentiment_labels: torch.Tensor | None = None,
+        topic_labels: torch.Tensor | None = None,
+    ) -> SentimentTopicOutput:
+        pooled = self.bert(
+            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True
+        ).pooler_output
+        pooled = self.dropout(pooled)
+        sentiment_logits = self.sentiment_head(pooled)
+        topic_logits = self.topic_head(pooled)
+
+        losses = [
+            _head_loss(logits, labels)
+            for logits, labels in ((sentiment_logits, sentiment_labels), (topic_logits, topic_labels))
+            if labels is not None
+        ]
+        return SentimentTopicOutput(
+            loss=sum(losses) if losses else None,
+            sentiment_logits=sentiment_logits,
+            topic_logits=topic_logits,
+        )
+
+
+def _head_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over rows whose label is not -100.
+
+    A batch where every row is -100 for a head (mixed datasets that label only one task)
+    contributes 0 rather than the NaN plain cross_entropy would give.
+    """
+    labels = labels.to(logits.device)
+    n_valid = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum") / n_valid

@@ -1,0 +1,1 @@
+"""Operations helpers: local Kafka, Redis and PostgreSQL without Docker (see ops.services)."""

@@ -1,0 +1,269 @@
+"""Fixtures for tests against real Kafka, Redis and PostgreSQL (`finpulse services up`).
+
+Each test gets its own namespace (topics, consumer group, Redis prefix) and its own
+PostgreSQL database, so tests never see each other's data. Without the services the
+tests skip on a laptop but fail on CI (CI=true), where a missing service is a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.database import upgrade
+from worker.settings import Settings
+from worker.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+KAFKA = os.environ.get("FINPULSE_TEST_KAFKA", "127.0.0.1:9092")
+REDIS_URL = os.environ.get("FINPULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_DSN = os.environ.get("FINPULSE_TEST_POSTGRES_DSN", "postgresql://finpulse@127.0.0.1:5432/finpulse")
+
+pytestmark = pytest.mark.integration
+
+
+def _port_open(host_port: str) -> bool:
+    host, port = host_port.rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def _missing_services() -> list[str]:
+    missing = []
+    if not _port_open(KAFKA):
+        missing.append(f"Kafka at {KAFKA}")
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
+    except redis.RedisError:
+        missing.append(f"Redis at {REDIS_URL}")
+    try:
+        asyncio.run(_pg_execute(PG_DSN, "SELECT 1"))
+    except (OSError, asyncpg.PostgresError):
+        missing.append(f"PostgreSQL at {PG_DSN}")
+    return missing
+
+
+async def _pg_execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=3)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _pg_fetch(dsn: str, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn, timeout=3)
+    try:
+        return await conn.fetch(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def services() -> None:
+    missing = _missing_services()
+    if missing:
+        message = f"needs {', '.join(missing)}: run `finpulse services up` (or `make services`)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from engines.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny-mbert")
+
+
+class Database:
+    """A throw-away PostgreSQL database, migrated with Alembic like production."""
+
+    def __init__(self) -> None:
+        self.name = f"fp_{uuid.uuid4().hex[:12]}"
+        base, _ = PG_DSN.rsplit("/", 1)
+        self.dsn = f"{base}/{self.name}"
+        self.url = self.dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    def fetch(self, sql: str) -> list[asyncpg.Record]:
+        return asyncio.run(_pg_fetch(self.dsn, sql))
+
+    def count(self, sql: str = "SELECT count(*) FROM documents") -> int:
+        return int(self.fetch(sql)[0][0])
+
+
+@pytest.fixture
+def database(services: None) -> Iterator[Database]:
+    db = Database()
+    asyncio.run(_pg_execute(PG_DSN, f'CREATE DATABASE "{db.name}"'))
+    upgrade(db.url)
+    yield db
+    from ops import services as local_services
+
+    if local_services.is_running("postgres"):
+        asyncio.run(_pg_execute(PG_DSN, f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)'))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Worker:
+    """`finpulse worker` as a child process, the way an operator runs it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.port = int(env["FINPULSE_WEB_PORT"])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        wait_for(lambda: self.healthy(), timeout, f"worker healthy on :{self.port}", self)
+
+    def healthy(self) -> bool:
+        if not self.running:
+            raise AssertionError(f"worker exited with {self.proc and self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def metric(self, name: str, **labels: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def stop(self) -> None:
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, worker: Worker | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    tail = f"\nworker log:\n{worker.log_tail()}" if worker else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+
+
+class Pipeline:
+    """One isolated deployment: namespace, topics, database and a running worker."""
+
+    def __init__(self, settings: Settings, database: Database, worker: Worker) -> None:
+        self.settings = settings
+        self.db = database
+        self.worker = worker
+        self.producer = KafkaProducer(bootstrap_servers=KAFKA, acks="all", linger_ms=5)
+
+    def send(self, values: list[bytes], keys: list[bytes | None] | None = None) -> None:
+        for value, key in zip(values, keys or [None] * len(values)):
+            self.producer.send(self.settings.topic("docs"), key=key, value=value)
+        self.producer.flush()
+
+    def send_items(self, items: list[dict[str, Any]]) -> None:
+        self.send(
+            [json.dumps(item, ensure_ascii=False).encode() for item in items],
+            [item["id"].encode() if "id" in item else None for item in items],
+        )
+
+    def read(self, stage: str, expected: int, timeout: float = 60) -> list[dict[str, Any]]:
+        """Messages on a stage's topic: until `expected` arrived, or for all of `timeout` if 0 are."""
+        consumer = KafkaConsumer(
+            self.settings.topic(stage),
+            bootstrap_servers=KAFKA,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            consumer_timeout_ms=1000,
+        )
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while (expected == 0 or len(found) < expected) and time.monotonic() < deadline:
+                found.extend(json.loads(message.value) for message in consumer)
+        finally:
+            consumer.close()
+        return found
+
+    def wait_stored(self, expected: int, timeout: float = 120) -> None:
+        wait_for(lambda: self.db.count() >= expected, timeout, f"{expected} documents in PostgreSQL", self.worker)
+
+
+@pytest.fixture
+def pipeline(services: None, tiny_model: Path, database: Database, tmp_path: Path) -> Iterator[Pipeline]:
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    env = {
+        **os.environ,
+        "FINPULSE_NAMESPACE": namespace,
+        "FINPULSE_KAFKA_URL": f"kafka://{KAFKA}",
+        "FINPULSE_REDIS_URL": REDIS_URL,
+        "FINPULSE_DATABASE_URL": database.url,
+        "FINPULSE_MODEL_DIR": str(tiny_model),
+        "FINPULSE_WEB_PORT": str(_free_port()),
+        "FINPULSE_MAX_TEXT_CHARS": "2000",
+        "FINPULSE_CACHE_RETRY_S": "1",
+        "FINPULSE_STORE_RETRY_MAX_S": "2",
+        "FINPULSE_ENGINE_THREADS": "1",
+    }
+    settings = Settings(
+        namespace=namespace, kafka_url=env["FINPULSE_KAFKA_URL"], database_url=database.url, redis_url=REDIS_URL
+    )
+    ensure_topics(settings)
+    worker = Worker(env, tmp_path / "worker.log")
+    worker.start()
+    pipe = Pipeline(settings, database, worker)
+    try:
+        yield pipe
+    finally:
+        worker.stop()
+        pipe.producer.close()
+        admin = KafkaAdminClient(bootstrap_servers=KAFKA)
+        try:
+            admin.delete_topics([settings.topic(s) for s in ("docs", "scored", "dlq")])
+        finally:
+            admin.close()

@@ -1,0 +1,80 @@
+"""Decode, validate and normalise: every kind of bad input has its own reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from schemas.news import NewsItem
+from worker.ingest import Rejection, decode_news_item, derive_id, normalise_text
+
+
+def decode(raw: bytes, limit: int = 1000) -> NewsItem | Rejection:
+    return decode_news_item(raw, max_text_chars=limit)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", "empty_message"),
+        (b"\xff\xfe{}", "invalid_utf8"),
+        (b'{"text": "caf\xc3"}', "invalid_utf8"),
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "not_an_object"),
+        (b'"just a string"', "not_an_object"),
+        (b'{"source": "x"}', "missing_text"),
+        (b'{"text": 123}', "invalid_field"),
+        (b'{"text": null}', "invalid_field"),
+        (b'{"text": "ok", "tickers": "AAPL"}', "invalid_field"),
+        (b'{"text": "ok", "published_at": "yesterday"}', "invalid_field"),
+        (b'{"text": "   \\n\\t  "}', "empty_text"),
+        (b'{"text": "\\u0000\\u0007"}', "empty_text"),
+        (b'{"text": "a", "text": "b"}', "duplicate_key"),
+        (b'{"text": "bad \\ud800 surrogate"}', "invalid_text"),
+        (json.dumps({"text": "x" * 1001}).encode(), "text_too_long"),
+        (b'{"text": "x", "meta": ' + b"[" * 40 + b"]" * 40 + b"}", "too_deep"),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
+    ],
+)
+def test_bad_input_is_rejected_with_its_reason(raw: bytes, reason: str) -> None:
+    result = decode(raw)
+    assert isinstance(result, Rejection), result
+    assert result.reason == reason
+    assert result.detail
+
+
+def test_valid_item_is_normalised_and_gets_a_stable_id() -> None:
+    raw = json.dumps({"source": "twitter", "text": "  Cafe\u0301   up\n\n5%  ", "lang": "fr"}).encode()
+    first, second = decode(raw), decode(raw)
+    assert isinstance(first, NewsItem) and isinstance(second, NewsItem)
+    assert first.text == "Caf\u00e9 up 5%"
+    assert first.id == second.id == derive_id("twitter", "Caf\u00e9 up 5%")
+    assert first.lang == "fr"
+
+
+def test_producer_id_and_optional_fields_are_kept() -> None:
+    raw = json.dumps(
+        {
+            "id": "n-1",
+            "source": "reuters",
+            "text": "净利润增长",
+            "published_at": "2026-11-28T10:00:00Z",
+            "tickers": ["0700.HK"],
+            "unknown_field": {"ignored": True},
+        }
+    ).encode()
+    item = decode(raw)
+    assert isinstance(item, NewsItem)
+    assert item.id == "n-1"
+    assert item.published_at is not None and item.published_at.year == 2026
+    assert item.tickers == ["0700.HK"]
+
+
+def test_same_text_from_another_source_is_another_document() -> None:
+    assert derive_id("a", "same") != derive_id("b", "same")
+
+
+def test_normalise_text_keeps_every_script() -> None:
+    text = "Apple 苹果 アップル أبل Яблоко 🍎"
+    assert normalise_text(f"  {text}  ") == text

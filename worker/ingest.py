@@ -1,0 +1,114 @@
+"""Decode, validate and normalise raw `NewsItem` bytes: plain functions, no Kafka.
+
+Bad input is data, not an exception: `decode_news_item` returns either an item or a
+`Rejection` with a machine-readable reason, which the agent routes to the DLQ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.news import NewsItem
+
+MAX_JSON_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    detail: str
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON objects with a repeated key are ambiguous (which value wins?), so refuse them."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _depth(value: Any, limit: int) -> int:
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def normalise_text(text: str) -> str:
+    """NFC, control characters dropped, whitespace runs collapsed: one text, one cache key."""
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(ch if unicodedata.category(ch)[0] != "C" or ch in "\t\n\r" else " " for ch in text)
+    return " ".join(text.split())
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def derive_id(source: str, text: str) -> str:
+    """A producer's retry of the same item maps to the same id, so it is not a new document."""
+    return hashlib.sha256(f"{source}\x00{text}".encode("utf-8")).hexdigest()[:32]
+
+
+def _describe(error: ValidationError) -> tuple[str, str]:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "item"
+    if first["type"] == "missing" and field == "text":
+        return "missing_text", "field 'text' is required"
+    details = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'item'}: {e['msg']}" for e in error.errors()[:5]
+    )
+    return "invalid_field", details
+
+
+def decode_news_item(raw: bytes | None, *, max_text_chars: int) -> NewsItem | Rejection:
+    """Turn one message value into a normalised `NewsItem` with an id, or say why not."""
+    if raw is None or raw == b"":
+        return Rejection("empty_message", "message value is empty")
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection("invalid_utf8", f"not UTF-8 at byte {exc.start}: {exc.reason}")
+    try:
+        payload = json.loads(decoded, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as exc:
+        return Rejection("duplicate_key", f"key {str(exc)[:64]!r} appears more than once")
+    except (ValueError, RecursionError) as exc:
+        return Rejection("invalid_json", str(exc)[:200])
+    if not isinstance(payload, dict):
+        return Rejection("not_an_object", f"expected a JSON object, got {type(payload).__name__}")
+    if _depth(payload, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        return Rejection("too_deep", f"nesting deeper than {MAX_JSON_DEPTH}")
+    try:
+        item = NewsItem.model_validate(payload)
+    except ValidationError as exc:
+        return Rejection(*_describe(exc))
+    try:
+        # Lone surrogates ("\ud800") survive json.loads but cannot be stored or re-sent.
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return Rejection("invalid_text", "contains lone UTF-16 surrogates")
+    if len(item.text) > max_text_chars:
+        return Rejection("text_too_long", f"text has {len(item.text)} characters, limit is {max_text_chars}")
+    text = normalise_text(item.text)
+    if not text:
+        return Rejection("empty_text", "text is empty after normalisation")
+    return item.model_copy(update={"text": text, "id": item.id or derive_id(item.source, text)})

@@ -1,0 +1,20 @@
+"""Prometheus metrics of the worker, served on /metrics by the Faust web server."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DOCS_IN = Counter("finpulse_docs_consumed_total", "Messages read from the docs topic")
+DLQ = Counter("finpulse_dlq_total", "Messages sent to the DLQ", ["stage", "reason"])
+SCORED = Counter("finpulse_scored_total", "Documents scored and emitted", ["source_of_score"])
+ENGINE_TEXTS = Counter("finpulse_engine_texts_total", "Texts sent through the model")
+ENGINE_BATCHES = Counter("finpulse_engine_batches_total", "Micro-batches sent to the model")
+ENGINE_ERRORS = Counter("finpulse_engine_errors_total", "Model calls that raised")
+ENGINE_SECONDS = Histogram(
+    "finpulse_engine_batch_seconds", "Model time per micro-batch", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+)
+CACHE_HITS = Counter("finpulse_cache_hits_total", "Scores served from Redis")
+CACHE_MISSES = Counter("finpulse_cache_misses_total", "Scores not found in Redis")
+CACHE_ERRORS = Counter("finpulse_cache_errors_total", "Redis calls that failed")
+CACHE_UP = Gauge("finpulse_cache_up", "1 while the Redis cache is in use, 0 while bypassed")
+STORE_ROWS = Counter("finpulse_store_rows_total", "Rows upserted into the SQL store")
+STORE_RETRIES = Counter("finpulse_store_retries_total", "SQL writes retried after a transient failure")
+STORE_UP = Gauge("finpulse_store_up", "1 after a successful SQL write, 0 while writes are failing")

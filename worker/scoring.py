@@ -1,0 +1,112 @@
+"""Score a micro-batch: cache lookup in one round trip, the model on the misses only.
+
+The model runs in a single worker thread so the event loop keeps consuming while it
+works; identical texts in a batch are scored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from engines import Engine, Scores
+from schemas.news import NewsItem, Prediction, ScoredItem
+from worker import metrics
+from worker.cache import ScoreCache
+from worker.ingest import text_hash
+
+log = logging.getLogger(__name__)
+
+
+class EngineFailed(RuntimeError):
+    """The model raised on a text; the item goes to the DLQ instead of stopping the stream."""
+
+
+class Scorer:
+    def __init__(self, engine: Engine, cache: ScoreCache) -> None:
+        self.engine = engine
+        self.cache = cache
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+
+    async def _predict(self, texts: Sequence[str]) -> list[Scores]:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self.engine.predict, list(texts))
+        except Exception:
+            metrics.ENGINE_ERRORS.inc()
+            raise
+        metrics.ENGINE_SECONDS.observe(time.perf_counter() - started)
+        metrics.ENGINE_BATCHES.inc()
+        metrics.ENGINE_TEXTS.inc(len(texts))
+        return results
+
+    async def _predict_isolating_failures(self, texts: list[str]) -> dict[str, Scores | EngineFailed]:
+        """Scores per text; if the batch fails, texts are retried one by one so one bad text fails alone."""
+        try:
+            return dict(zip(texts, await self._predict(texts)))
+        except Exception as exc:  # noqa: BLE001
+            if len(texts) == 1:
+                log.exception("model failed on one text")
+                return {texts[0]: EngineFailed(f"{type(exc).__name__}: {exc}")}
+        results: dict[str, Scores | EngineFailed] = {}
+        for text in texts:
+            results |= await self._predict_isolating_failures([text])
+        return results
+
+    async def score(self, items: Sequence[NewsItem]) -> list[ScoredItem | EngineFailed]:
+        """One result per item, in order."""
+        started = time.perf_counter()
+        version = self.engine.model_version
+        hashes = [text_hash(item.text) for item in items]
+        cached = await self.cache.get_many(version, dict.fromkeys(hashes))
+        to_score = {h: item.text for h, item in zip(hashes, items) if h not in cached}
+        fresh: dict[str, Scores | EngineFailed] = {}
+        if to_score:
+            by_text = await self._predict_isolating_failures(list(to_score.values()))
+            fresh = {h: by_text[text] for h, text in to_score.items()}
+            await self.cache.put_many(version, {h: s for h, s in fresh.items() if isinstance(s, Scores)})
+        now = datetime.now(UTC)
+        latency_ms = (time.perf_counter() - started) * 1000
+        results: list[ScoredItem | EngineFailed] = []
+        seen: set[str] = set()
+        for item, h in zip(items, hashes):
+            scores = cached.get(h) or fresh[h]
+            if isinstance(scores, EngineFailed):
+                results.append(scores)
+                continue
+            from_engine = h in fresh and h not in seen
+            seen.add(h)
+            metrics.SCORED.labels("engine" if from_engine else "cache").inc()
+            results.append(_scored_item(item, h, scores, version, now, latency_ms, cached=not from_engine))
+        return results
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _scored_item(
+    item: NewsItem, h: str, scores: Scores, version: str, now: datetime, latency_ms: float, *, cached: bool
+) -> ScoredItem:
+    return ScoredItem(
+        id=item.id or h[:32],
+        source=item.source,
+        text=item.text,
+        text_hash=h,
+        lang=item.lang,
+        published_at=item.published_at,
+        url=item.url,
+        author=item.author,
+        tickers=list(item.tickers),
+        sentiment=Prediction(label=scores.sentiment.label, probs=scores.sentiment.probs),
+        topic=Prediction(label=scores.topic.label, probs=scores.topic.probs),
+        sentiment_score=scores.sentiment_score,
+        model_version=version,
+        scored_at=now,
+        latency_ms=round(latency_ms, 3),
+        cached=cached,
+    )
