@@ -12,6 +12,7 @@ the batch is interrupted by shutdown or a rebalance (faust's `take()` acks in a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Sequence
@@ -105,7 +106,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
                 release(events)
         finally:
             scorer.close()
-            await cache.close()
+            await asyncio.shield(cache.close())
 
     async def _score_batch(scorer: Scorer, events: Sequence[EventT]) -> None:
         metrics.DOCS_IN.inc(len(events))
@@ -139,7 +140,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
                 await _persist_batch(store, events)
                 release(events)
         finally:
-            await store.close()
+            await asyncio.shield(store.close())
 
     async def _persist_batch(store: DocumentStore, events: Sequence[EventT]) -> None:
         items: list[ScoredItem] = []
@@ -168,7 +169,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
