@@ -1,0 +1,139 @@
+"""`finpulse demo`: the whole pipeline on embedded defaults, in about a minute.
+
+Local Kafka (started if needed), SQLite, no Redis, and a tiny random-weight model
+unless FINPULSE_MODEL_DIR points at a real one. It produces multilingual items plus a
+few malformed ones, waits until the worker has stored them, and prints a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from worker.samples import sample_items
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_DIR = ROOT / "demo-data"
+console = Console(stderr=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _model_dir() -> Path:
+    configured = os.environ.get("FINPULSE_MODEL_DIR")
+    if configured:
+        return Path(configured)
+    from engines.tiny import build_tiny_checkpoint
+
+    tiny = DEMO_DIR / "tiny-mbert"
+    if not (tiny / "model.safetensors").exists():
+        console.print("building a tiny random-weight model (its scores are noise; train one with `finpulse train`)")
+        build_tiny_checkpoint(tiny)
+    return tiny
+
+
+def _stored(db_path: Path) -> int:
+    if not db_path.exists():
+        return 0
+    with sqlite3.connect(db_path) as conn:
+        return int(conn.execute("SELECT count(*) FROM documents").fetchone()[0])
+
+
+def run_demo(count: int = 210) -> int:
+    from ops import services
+    from worker.database import upgrade
+    from worker.settings import Settings
+    from worker.topics import bootstrap_servers, ensure_topics
+
+    services.up(["kafka"])
+    DEMO_DIR.mkdir(exist_ok=True)
+    db_path = DEMO_DIR / "finpulse.db"
+    db_path.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "FINPULSE_NAMESPACE": f"demo{int(time.time())}",
+        "FINPULSE_KAFKA_URL": f"kafka://{services.url('kafka').split('://')[-1]}",
+        "FINPULSE_REDIS_URL": "",
+        "FINPULSE_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+        "FINPULSE_MODEL_DIR": str(_model_dir()),
+        "FINPULSE_WEB_PORT": str(_free_port()),
+    }
+    settings = Settings(
+        namespace=env["FINPULSE_NAMESPACE"], kafka_url=env["FINPULSE_KAFKA_URL"], database_url=env["FINPULSE_DATABASE_URL"]
+    )
+    upgrade(settings.database_url)
+    ensure_topics(settings)
+    log_path = DEMO_DIR / "worker.log"
+    console.print(f"starting the worker (log: {log_path})")
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "worker", "worker"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        _produce(settings, bootstrap_servers(settings.kafka_url), count)
+        deadline = time.monotonic() + 180
+        with console.status("waiting for the worker to store every document…"):
+            while _stored(db_path) < count and time.monotonic() < deadline:
+                if worker.poll() is not None:
+                    console.print(f"[red]worker exited; see {log_path}[/red]")
+                    return 1
+                time.sleep(0.5)
+        stored = _stored(db_path)
+        _summary(db_path)
+        console.print(f"stored {stored}/{count} documents in {db_path}; malformed ones went to {settings.topic('dlq')}")
+        return 0 if stored == count else 1
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        _delete_topics(settings)
+
+
+def _delete_topics(settings) -> None:  # type: ignore[no-untyped-def]
+    """Each demo run has its own namespace; leave no topics behind."""
+    from kafka.admin import KafkaAdminClient
+
+    from worker.topics import STAGES, bootstrap_servers
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.kafka_url))
+    try:
+        admin.delete_topics([settings.topic(stage) for stage in STAGES])
+    finally:
+        admin.close()
+
+
+def _produce(settings, servers: list[str], count: int) -> None:  # type: ignore[no-untyped-def]
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=servers, acks="all")
+    for item in sample_items(count, seed=7, prefix="demo"):
+        producer.send(settings.topic("docs"), key=item["id"].encode(), value=json.dumps(item, ensure_ascii=False).encode())
+    for bad in (b"{not json", b'{"text": ""}', b'{"text": 42}', b"\xff\xfe", b'{"source": "x"}'):
+        producer.send(settings.topic("docs"), value=bad)
+    producer.flush()
+    producer.close()
+    console.print(f"produced {count} items in 7 languages and 5 malformed messages to {settings.topic('docs')}")
+
+
+def _summary(db_path: Path) -> None:
+    table = Table(title="documents by language")
+    for column in ("lang", "docs", "negative", "neutral", "positive", "mean score"):
+        table.add_column(column, justify="right")
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT lang, count(*), sum(sentiment_label='negative'), sum(sentiment_label='neutral'),"
+            " sum(sentiment_label='positive'), avg(sentiment_score) FROM documents GROUP BY lang ORDER BY lang"
+        ).fetchall()
+    for lang, n, neg, neu, pos, mean in rows:
+        table.add_row(lang, str(n), str(neg), str(neu), str(pos), f"{mean:+.3f}")
+    console.print(table)
