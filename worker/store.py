@@ -102,6 +102,7 @@ async def write_durably(
             return
         except Exception as exc:  # noqa: BLE001 - classified below
             if is_permanent(exc):
+                refused: BaseException = exc
                 break
             metrics.STORE_UP.set(0)
             metrics.STORE_RETRIES.inc()
@@ -109,8 +110,8 @@ async def write_durably(
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_s)
     if len(items) == 1:
-        log.error("SQL store rejected document %s: %s", items[0].id, _short(exc))
-        await on_rejected(items[0], exc)
+        log.error("SQL store rejected document %s: %s", items[0].id, _short(refused))
+        await on_rejected(items[0], refused)
         return
     middle = len(items) // 2
     for half in (items[:middle], items[middle:]):
