@@ -6,7 +6,7 @@ answers on a port. Standard library only, because it runs before any virtualenv 
 
     python -m ops.services up [NAME...] | down | status | start NAME | stop NAME | restart NAME
 
-Environment: FINPULSE_SERVICES_DIR (default <repo>/.services), FINPULSE_KAFKA_PORT (9092),
+Environment: FINPULSE_SERVICES_DIR (default /var/tmp/finpulse-services-<uid>), FINPULSE_KAFKA_PORT (9092),
 FINPULSE_KAFKA_CONTROLLER_PORT (9093), FINPULSE_REDIS_PORT (6379), FINPULSE_POSTGRES_PORT (5432).
 """
 
@@ -97,8 +97,14 @@ def _say(message: str) -> None:
 
 
 def services_dir() -> Path:
-    """Root of all data, logs and PID files; read on every call so tests can point it elsewhere."""
-    return Path(os.environ.get("FINPULSE_SERVICES_DIR") or _OPS_DIR.parent / ".services").resolve()
+    """Root of all data, logs and PID files; read on every call so tests can point it elsewhere.
+
+    The ports are the machine's, so the default is one place per machine and user, shared by
+    every checkout (a CI clone finds the services a developer started, and can stop them),
+    under /var/tmp so that the postgres user can reach its data when we run as root.
+    """
+    default = Path("/var/tmp") / f"finpulse-services-{os.getuid()}"
+    return Path(os.environ.get("FINPULSE_SERVICES_DIR") or default).resolve()
 
 
 def port(name: str) -> int:
