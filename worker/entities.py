@@ -1,0 +1,96 @@
+"""Find the companies a text talks about: cashtags and watchlist names, script-aware.
+
+Latin-like scripts separate words with spaces, so names match only at word
+boundaries ("Apple" is not in "Pineapple"). Chinese and Japanese do not, so their
+names match anywhere in the text. Case follows each alias's rule.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_WATCHLIST = Path(__file__).with_name("data") / "watchlist.yaml"
+
+# $AAPL, $BRK.B, $0700.HK, $600519.SS — but not amounts such as $5 or $3.50.
+CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,9}(?:\.[A-Za-z]{1,4})?|\d{1,6}\.[A-Za-z]{1,4})(?!\w)(?!\.\w)")
+
+
+def _is_unspaced_script(ch: str) -> bool:
+    """CJK ideographs, kana and Thai: scripts written without spaces between words."""
+    name = unicodedata.name(ch, "")
+    return name.startswith(("CJK ", "HIRAGANA", "KATAKANA", "THAI", "HALFWIDTH KATAKANA"))
+
+
+@dataclass(frozen=True)
+class Alias:
+    ticker: str
+    text: str
+    case_sensitive: bool
+
+    @property
+    def unspaced(self) -> bool:
+        return any(_is_unspaced_script(ch) for ch in self.text)
+
+
+def _alternation(aliases: list[Alias]) -> str:
+    # Longest first, so "Apple Inc." wins over "Apple".
+    return "|".join(re.escape(a.text) for a in sorted(aliases, key=lambda a: -len(a.text)))
+
+
+class Watchlist:
+    def __init__(self, companies: dict[str, dict[str, Any]]) -> None:
+        self.names = {ticker.upper(): str(info.get("name", ticker)) for ticker, info in companies.items()}
+        aliases = [
+            Alias(ticker.upper(), *_parse_alias(raw)) for ticker, info in companies.items() for raw in info.get("aliases", [])
+        ]
+        self._owner: dict[tuple[str, bool], str] = {}
+        for alias in aliases:
+            key = (alias.text if alias.case_sensitive else alias.text.casefold(), alias.case_sensitive)
+            self._owner[key] = alias.ticker
+        self._patterns: list[tuple[re.Pattern[str], bool]] = []
+        for case_sensitive in (True, False):
+            flags = 0 if case_sensitive else re.IGNORECASE
+            spaced = [a for a in aliases if a.case_sensitive == case_sensitive and not a.unspaced]
+            unspaced = [a for a in aliases if a.case_sensitive == case_sensitive and a.unspaced]
+            if spaced:
+                self._patterns.append((re.compile(rf"(?<!\w)(?:{_alternation(spaced)})(?!\w)", flags), case_sensitive))
+            if unspaced:
+                self._patterns.append((re.compile(_alternation(unspaced), flags), case_sensitive))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Watchlist:
+        with open(path or DEFAULT_WATCHLIST, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a watchlist maps tickers to {{name, aliases}}")
+        return cls({str(ticker): info or {} for ticker, info in data.items()})
+
+    def match(self, text: str) -> set[str]:
+        """Tickers of the watchlist names found in `text`."""
+        found: set[str] = set()
+        for pattern, case_sensitive in self._patterns:
+            for m in pattern.finditer(text):
+                key = m.group(0) if case_sensitive else m.group(0).casefold()
+                found.add(self._owner[(key, case_sensitive)])
+        return found
+
+
+def _parse_alias(raw: str | dict[str, Any]) -> tuple[str, bool]:
+    if isinstance(raw, str):
+        return unicodedata.normalize("NFC", raw), False
+    return unicodedata.normalize("NFC", str(raw["text"])), raw.get("case", "insensitive") == "sensitive"
+
+
+def cashtags(text: str) -> set[str]:
+    return {m.group(1).upper() for m in CASHTAG.finditer(text)}
+
+
+def find_entities(text: str, watchlist: Watchlist, tickers: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Sorted tickers: the producer's, the cashtags and the watchlist names in the text."""
+    return sorted({t.upper().lstrip("$") for t in tickers} | cashtags(text) | watchlist.match(text))
