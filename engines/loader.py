@@ -1,16 +1,21 @@
 """Choose and construct an inference backend by name.
 
-Backends register a factory here; "auto" takes the first installed one in _PREFERENCE,
-so faster backends (onnxruntime, tensorrt) can be slotted in ahead of torch later.
+"auto" takes the first backend in _PREFERENCE that can serve the checkpoint: tensorrt
+(installed, a CUDA GPU, model.onnx, and the engine builds), else onnxruntime (installed and
+an ONNX export in the directory), else torch. Exporting is a separate, explicit step
+(engines.export), so a directory without model.onnx keeps running on torch.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from engines.base import Engine
+
+log = logging.getLogger(__name__)
 
 
 def _torch_engine(model_dir: str | Path, **options: object) -> Engine:
@@ -19,16 +24,67 @@ def _torch_engine(model_dir: str | Path, **options: object) -> Engine:
     return TorchEngine(model_dir, **options)  # type: ignore[arg-type]
 
 
+def _onnx_engine(model_dir: str | Path, **options: object) -> Engine:
+    from engines.onnx_backend import OnnxEngine
+
+    return OnnxEngine(model_dir, **options)  # type: ignore[arg-type]
+
+
+def _tensorrt_engine(model_dir: str | Path, *, threads: int | None = None, **options: object) -> Engine:
+    from engines.tensorrt_backend import TensorRTEngine
+
+    del threads  # the GPU does the work; tokenising stays single-threaded
+    return TensorRTEngine(model_dir, **options)  # type: ignore[arg-type]
+
+
+def _has_onnx(model_dir: Path) -> str | None:
+    from engines.onnx_backend import INT8_NAME, ONNX_NAME
+
+    if (model_dir / ONNX_NAME).is_file() or (model_dir / INT8_NAME).is_file():
+        return None
+    return f"needs {ONNX_NAME} in {model_dir} (engines.export.export_onnx)"
+
+
+def _has_gpu_and_onnx(model_dir: Path) -> str | None:
+    from engines.onnx_backend import ONNX_NAME
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    if not (model_dir / ONNX_NAME).is_file():
+        return f"needs {ONNX_NAME} in {model_dir} (engines.export.export_onnx)"
+    return None
+
+
 # backend name -> (module that must be importable, factory)
 _BACKENDS: dict[str, tuple[str, Callable[..., Engine]]] = {
     "torch": ("torch", _torch_engine),
+    "onnxruntime": ("onnxruntime", _onnx_engine),
+    "tensorrt": ("tensorrt", _tensorrt_engine),
 }
-_PREFERENCE: tuple[str, ...] = ("torch",)
+# backend name -> what else the checkpoint dir and machine must offer: None when ready, else why not
+_READY: dict[str, Callable[[Path], str | None]] = {
+    "onnxruntime": _has_onnx,
+    "tensorrt": _has_gpu_and_onnx,
+}
+_PREFERENCE: tuple[str, ...] = ("tensorrt", "onnxruntime", "torch")
 
 
 def available_backends() -> list[str]:
     """Registered backends whose runtime is installed in this environment."""
     return [name for name, (module, _) in _BACKENDS.items() if importlib.util.find_spec(module) is not None]
+
+
+def usable_backends(model_dir: str | Path) -> list[str]:
+    """Installed backends that can serve model_dir on this machine, in order of preference."""
+    installed = available_backends()
+    return [name for name in _PREFERENCE if name in installed and _not_ready(name, model_dir) is None]
+
+
+def _not_ready(name: str, model_dir: str | Path) -> str | None:
+    check = _READY.get(name)
+    return check(Path(model_dir)) if check else None
 
 
 def load_engine(
@@ -39,14 +95,24 @@ def load_engine(
     token_budget: int = 8192,
     threads: int | None = None,
 ) -> Engine:
-    """Load the checkpoint in model_dir with the named backend ("auto" = best installed)."""
-    available = available_backends()
+    """Load the checkpoint in model_dir with the named backend ("auto" = best usable, see module doc)."""
+    options = {"max_length": max_length, "token_budget": token_budget, "threads": threads}
+    usable = usable_backends(model_dir)
     if backend == "auto":
-        backend = next((name for name in _PREFERENCE if name in available), "")
-        if not backend:
-            raise ValueError(f"no inference backend installed; registered backends: {sorted(_BACKENDS)}")
-    elif backend not in available:
-        reason = "is not installed" if backend in _BACKENDS else "is unknown"
-        raise ValueError(f"backend {backend!r} {reason}; available backends: {available}")
-    _, factory = _BACKENDS[backend]
-    return factory(model_dir, max_length=max_length, token_budget=token_budget, threads=threads)
+        if not usable:
+            raise ValueError(f"no inference backend can serve {model_dir}; registered backends: {sorted(_BACKENDS)}")
+        for name in usable[:-1]:
+            try:
+                return _BACKENDS[name][1](model_dir, **options)
+            except Exception as e:  # noqa: BLE001 - whatever stops a faster backend, the next one may serve
+                log.warning("backend %s cannot serve %s (%s); trying the next one", name, model_dir, e)
+        backend = usable[-1]
+    if backend not in usable:
+        if backend not in _BACKENDS:
+            reason = "is unknown"
+        elif backend not in available_backends():
+            reason = "is not installed"
+        else:
+            reason = _not_ready(backend, model_dir)
+        raise ValueError(f"backend {backend!r} {reason}; available backends: {usable}")
+    return _BACKENDS[backend][1](model_dir, **options)

@@ -1,0 +1,283 @@
+"""Export a checkpoint to ONNX, quantise it to int8, and build TensorRT engines from it.
+
+Every artefact is written into the checkpoint directory by default, so one directory holds
+the torch weights, model.onnx, model.int8.onnx and the tokenizer, and any backend can load it.
+
+Versions. model.onnx computes the same function as model.safetensors (checked here to
+EXPORT_ATOL), so it carries the same model_version and shares the score cache and SQL rows
+with torch. A variant whose scores move beyond float noise gets a suffix instead, because
+the worker keys cached scores and stored rows by model_version and must not mix the two:
+int8 (ORT dynamic quantisation) -> "<version>-int8", TensorRT fp16 -> "<version>-fp16".
+The version is recorded in each ONNX file's metadata together with the weights' sha256, so a
+backend can tell an export that no longer matches model.safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from engines.batching import sha256_file
+from engines.onnx_backend import (
+    INPUT_NAMES,
+    INT8_NAME,
+    ONNX_NAME,
+    OUTPUT_NAMES,
+    VERSION_KEY,
+    WEIGHTS_SHA_KEY,
+    create_session,
+    onnx_feeds,
+    read_metadata,
+)
+from engines.tensorrt_backend import DEFAULT_BATCH, require_tensorrt, tensorrt_has_fp16_flag
+from engines.torch_backend import TorchEngine
+
+if TYPE_CHECKING:
+    import onnx
+
+log = logging.getLogger(__name__)
+
+# Largest |ONNX Runtime logit - PyTorch logit| accepted on the verification texts. fp32 kernels
+# that only reorder sums differ by ~1e-5 on mBERT-sized logits; a wrong export (lost mask,
+# frozen shape) differs by whole units.
+EXPORT_ATOL = 1e-4
+INT8_SUFFIX = "-int8"
+FP16_SUFFIX = "-fp16"
+TENSORRT_DIR = "tensorrt"
+# Optimisation profile sequence lengths (min, opt, max) for the default max_length of 128.
+DEFAULT_SEQUENCE = (1, 64, 128)
+
+# One sentence per script/language plus edge cases; the long one reaches the truncation limit.
+_VERIFY_TEXTS = (
+    "Apple reported record quarterly revenue, beating analyst estimates.",
+    "腾讯第三季度营收同比增长10%，超出市场预期。",
+    "Las acciones de Inditex subieron un 4% tras presentar sus resultados.",
+    "Die Europäische Zentralbank hat den Leitzins erneut angehoben.",
+    "Le CAC 40 a terminé la séance en légère baisse.",
+    "日経平均株価は前日比500円安で取引を終えた。",
+    "ارتفعت أسعار النفط بعد قرار أوبك.",
+    "",
+    "🚀📉💸",
+    "Shares of Tesla fell 7% after the company missed delivery targets. " * 40,
+)
+
+
+def export_onnx(
+    model_dir: str | Path, out_path: str | Path | None = None, *, opset: int = 18, atol: float = EXPORT_ATOL
+) -> Path:
+    """Export model_dir's BertForSentimentAndTopic to ONNX (default model_dir/model.onnx) and verify it.
+
+    Inputs input_ids, attention_mask, token_type_ids (int64, dynamic batch and sequence);
+    outputs sentiment_logits, topic_logits. The file is only put in place after ONNX Runtime
+    reproduces PyTorch's logits within atol on multilingual texts, padded and unpadded, so a
+    broken export never reaches a directory that load_engine("auto") would pick it from.
+    opset 18 is torch's own exporter's lowest; asking for less makes it down-convert after
+    the fact, which it skips silently when a conversion fails.
+    """
+    model_dir = Path(model_dir)
+    out_path = Path(out_path) if out_path else model_dir / ONNX_NAME
+    reference = TorchEngine(model_dir)
+    module = _LogitsOnly(reference.model).eval()
+    encoded = reference.batcher.encode(_VERIFY_TEXTS)
+    # Two rows of different lengths (both > 1) so that neither axis is specialised to a constant.
+    sample = onnx_feeds(*reference.batcher.pad([encoded[0], encoded[1]]))
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with warnings.catch_warnings():
+        # Emitted for every Dim shared by several inputs, which is the point of sharing them.
+        warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
+        program = torch.onnx.export(
+            module,
+            tuple(torch.from_numpy(a) for a in sample.values()),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+    program.model.metadata_props[VERSION_KEY] = reference.model_version
+    program.model.metadata_props[WEIGHTS_SHA_KEY] = reference.weights_sha256
+    tmp = _temp_beside(out_path)
+    try:
+        # One self-contained file (< 2 GB, as mBERT and XLM-R base are): nothing to keep in step beside it.
+        program.save(tmp, external_data=False)
+        session = create_session(tmp)
+        with torch.inference_mode():
+            batches = [reference.batcher.pad(encoded)] + [reference.batcher.pad([row]) for row in encoded]
+            worst = 0.0
+            for input_ids, attention_mask in batches:
+                feeds = onnx_feeds(input_ids, attention_mask)
+                expected = module(*(torch.from_numpy(a) for a in feeds.values()))
+                got = session.run(list(OUTPUT_NAMES), feeds)
+                worst = max(worst, *(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected)))
+        if worst > atol:
+            raise RuntimeError(f"ONNX export of {model_dir} differs from PyTorch by {worst:.3g} > {atol:g} in logits")
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("exported %s (%s), max |logit diff| %.2g", out_path, reference.model_version, worst)
+    return out_path
+
+
+def quantize_int8(onnx_path: str | Path, out_path: str | Path | None = None) -> Path:
+    """Dynamic int8 quantisation of the MatMul weights (default: model.int8.onnx beside onnx_path).
+
+    Only MatMul is quantised: the encoder's linear layers hold nearly all of BERT's compute.
+    Gather (the embedding tables) would shrink the file but costs accuracy and no time, and the
+    pooler and the two heads (Gemm) stay fp32 because rounding the last layers moves the
+    probabilities most. Weights are per output channel with a 7-bit range (reduce_range): x86
+    CPUs without VNNI multiply uint8 activations by int8 weights in saturating 16-bit pairs,
+    which full-range per-channel weights overflow. Measured here (AVX2, no VNNI): on MiniLM-L6
+    the mean probability shift is 0.008 against 0.014 per tensor; on the tiny test model
+    full-range per-channel kept only 63 % of topic labels against 93 % with reduce_range.
+    Scores differ from fp32, so the file carries "<version>-int8".
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx_path = Path(onnx_path)
+    out_path = Path(out_path) if out_path else onnx_path.with_name(INT8_NAME)
+    metadata = read_metadata(onnx_path)
+    if VERSION_KEY not in metadata:
+        raise ValueError(f"{onnx_path}: no finpulse version metadata; export it with export_onnx")
+    tmp = _temp_beside(out_path)
+    try:
+        quantize_dynamic(
+            onnx_path,
+            tmp,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=True,
+            op_types_to_quantize=["MatMul"],
+        )
+        model = onnx.load(tmp)
+        _set_metadata(model, {**metadata, VERSION_KEY: metadata[VERSION_KEY] + INT8_SUFFIX})
+        onnx.save(model, tmp)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_path
+
+
+def build_tensorrt_engine(
+    onnx_path: str | Path,
+    *,
+    fp16: bool = True,
+    int8: bool = False,
+    batch: Sequence[int] = DEFAULT_BATCH,
+    sequence: Sequence[int] = DEFAULT_SEQUENCE,
+    cache_dir: str | Path | None = None,
+    workspace_gib: float = 4.0,
+) -> Path:
+    """Build (or reuse) a serialised TensorRT engine for onnx_path; returns the plan file.
+
+    batch and sequence are the optimisation profile's (min, opt, max) for all three inputs.
+    Plans are cached in cache_dir (default <onnx dir>/tensorrt) under a key of the ONNX file's
+    sha256, the TensorRT version, the GPU name and these build options, since a plan only runs
+    on the TensorRT release and GPU model that built it, and an fp32 plan must never be
+    served for an fp16 request or the reverse.
+
+    fp16 lets TensorRT 10 choose fp16 kernels for an fp32 graph (its FP16 builder flag).
+    TensorRT 11 builds strongly typed networks only and dropped that flag, so there fp16 needs
+    an ONNX graph that is already fp16 (ModelOpt AutoCast) and fp16=True is refused.
+    int8 needs an explicitly quantised ONNX (QuantizeLinear/DequantizeLinear nodes): calibration
+    is deprecated in 10 and gone in 11, and TensorRT cannot parse ONNX Runtime's dynamic int8
+    ops (model.int8.onnx).
+    """
+    trt, gpu_name = require_tensorrt()
+    onnx_path = Path(onnx_path)
+    batch, sequence = _profile("batch", batch), _profile("sequence", sequence)
+    if fp16 and not tensorrt_has_fp16_flag(trt):
+        raise ValueError(f"TensorRT {trt.__version__} has no FP16 builder flag (strong typing only); use fp16=False")
+    if int8 and not _has_qdq(onnx_path):
+        raise ValueError(f"{onnx_path}: int8 needs QuantizeLinear/DequantizeLinear nodes (explicit quantisation)")
+    key = "|".join(
+        [sha256_file(onnx_path), trt.__version__, gpu_name, f"fp16={fp16}", f"int8={int8}", f"batch={batch}",
+         f"sequence={sequence}"]
+    )
+    cache_dir = Path(cache_dir) if cache_dir else onnx_path.parent / TENSORRT_DIR
+    plan_path = cache_dir / f"{onnx_path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.plan"
+    if plan_path.is_file():
+        return plan_path
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch: the only mode since TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif hasattr(trt.BuilderFlag, "TF32"):
+        # fp32 must mean fp32: TF32 matmuls (on by default from Ampere on) would move the scores
+        # while the plan claims the unsuffixed version it shares with torch.
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if int8 and hasattr(trt.BuilderFlag, "INT8"):  # TensorRT 10; 11 reads the precision from the Q/DQ nodes
+        config.set_flag(trt.BuilderFlag.INT8)
+    profile = builder.create_optimization_profile()
+    for name in INPUT_NAMES:
+        profile.set_shape(name, *((b, s) for b, s in zip(batch, sequence)))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(plan_path)
+    try:
+        tmp.write_bytes(bytes(serialized))
+        os.replace(tmp, plan_path)  # workers building the same plan at once each write a whole file
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("built TensorRT engine %s for %s on %s", plan_path, onnx_path, gpu_name)
+    return plan_path
+
+
+class _LogitsOnly(torch.nn.Module):
+    """The model as a function of three tensors to two, the signature the ONNX graph gets."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out.sentiment_logits, out.topic_logits
+
+
+def _set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def _has_qdq(onnx_path: Path) -> bool:
+    import onnx
+
+    model = onnx.load(onnx_path, load_external_data=False)
+    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+
+def _profile(name: str, shape: Sequence[int]) -> tuple[int, int, int]:
+    low, opt, high = (int(n) for n in shape)
+    if not 1 <= low <= opt <= high:
+        raise ValueError(f"{name} profile must be (min, opt, max) with 1 <= min <= opt <= max, got {tuple(shape)}")
+    return low, opt, high
+
+
+def _temp_beside(path: Path) -> Path:
+    """A private name in path's directory, so that os.replace onto path is atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -1,0 +1,120 @@
+"""TensorRT inference engine on an NVIDIA GPU, built from the checkpoint's model.onnx.
+
+Importable without tensorrt: the package is imported when an engine is made, so the loader
+and tests can name this backend on machines that lack it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from engines.base import Scores
+from engines.batching import Batcher
+from engines.onnx_backend import INPUT_NAMES, ONNX_NAME, OUTPUT_NAMES, checked_version, onnx_feeds, read_metadata
+
+MISSING = "the TensorRT backend needs an NVIDIA GPU and the tensorrt package"
+# Optimisation profile rows (min, opt, max). The largest matches the worker's default
+# micro-batch (FINPULSE_BATCH_MAX=64); the engine splits bigger calls.
+DEFAULT_BATCH = (1, 32, 64)
+
+
+def require_tensorrt() -> tuple[ModuleType, str]:
+    """(tensorrt module, CUDA device name), or RuntimeError saying which of the two is missing."""
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise RuntimeError(f"{MISSING}: {e}") from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"{MISSING}: no CUDA device is visible to torch")
+    return tensorrt, torch.cuda.get_device_name()
+
+
+def tensorrt_has_fp16_flag(trt: ModuleType) -> bool:
+    """Whether this TensorRT can pick fp16 kernels for an fp32 graph (10.x; 11.x dropped the flag)."""
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
+class TensorRTEngine:
+    """Scores texts with a cached TensorRT plan; torch CUDA tensors serve as the I/O buffers.
+
+    The plan's optimisation profile covers sequences up to max_length and batches up to
+    batch[2] rows; Batcher caps each batch there and otherwise batches exactly like the other
+    backends. fp16 defaults to whether the installed TensorRT can build fp16 from the fp32
+    export (see engines.export.build_tensorrt_engine); fp16 plans report "<version>-fp16".
+    """
+
+    backend = "tensorrt"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        max_length: int = 128,
+        token_budget: int = 8192,
+        fp16: bool | None = None,
+        batch: Sequence[int] = DEFAULT_BATCH,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        import torch
+
+        from engines.export import FP16_SUFFIX, build_tensorrt_engine
+
+        trt, _ = require_tensorrt()
+        if fp16 is None:
+            fp16 = tensorrt_has_fp16_flag(trt)
+        model_dir = Path(model_dir)
+        onnx_path = model_dir / ONNX_NAME
+        if not onnx_path.is_file():
+            raise FileNotFoundError(f"{onnx_path} not found; create it with engines.export.export_onnx")
+        self.max_length = max_length
+        self.token_budget = token_budget
+        version = checked_version(read_metadata(onnx_path), onnx_path, model_dir)
+        self.fp16 = fp16
+        self.model_version = version + FP16_SUFFIX if fp16 else version
+        self.batcher = Batcher.for_checkpoint(
+            model_dir, max_length=max_length, token_budget=token_budget, max_rows=batch[2]
+        )
+        sequence = (1, max(1, max_length // 2), max_length)
+        plan = build_tensorrt_engine(onnx_path, fp16=fp16, batch=batch, sequence=sequence, cache_dir=cache_dir)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        if self._engine is None:
+            raise RuntimeError(f"TensorRT could not load {plan}; delete it to rebuild")
+        self._context = self._engine.create_execution_context()
+        self._device = torch.device("cuda")
+        self._stream = torch.cuda.Stream()
+        dtypes = {trt.int32: torch.int32, trt.int64: torch.int64, trt.float16: torch.float16, trt.float32: torch.float32}
+        self._dtypes = {name: dtypes[self._engine.get_tensor_dtype(name)] for name in INPUT_NAMES + OUTPUT_NAMES}
+
+    def predict(self, texts: Sequence[str]) -> list[Scores]:
+        """Score texts; results are in input order, [] for []."""
+        return self.batcher.predict(texts, self._logits)
+
+    def _logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.cuda.stream(self._stream):
+            # Kept referenced until the results are copied back: TensorRT holds raw pointers.
+            tensors = {
+                name: torch.from_numpy(a).to(self._device, self._dtypes[name], non_blocking=True)
+                for name, a in onnx_feeds(input_ids, attention_mask).items()
+            }
+            for name, tensor in tensors.items():
+                self._context.set_input_shape(name, tuple(tensor.shape))
+                self._context.set_tensor_address(name, tensor.data_ptr())
+            for name in OUTPUT_NAMES:
+                shape = tuple(self._context.get_tensor_shape(name))
+                tensors[name] = torch.empty(shape, dtype=self._dtypes[name], device=self._device)
+                self._context.set_tensor_address(name, tensors[name].data_ptr())
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed (see the TensorRT log)")
+            # .cpu() into pageable memory waits for the stream, so the buffers outlive the run.
+            sentiment, topic = (tensors[name].float().cpu().numpy() for name in OUTPUT_NAMES)
+        return sentiment, topic
