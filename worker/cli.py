@@ -106,7 +106,7 @@ def _key_of(line: bytes) -> bytes | None:
 def score(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL NewsItems")],
     model: Annotated[Optional[str], typer.Option(help="Checkpoint dir (default FINPULSE_MODEL_DIR)")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="auto, torch")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto, torch, onnxruntime, tensorrt")] = None,
 ) -> None:
     """Score a JSONL file to JSONL on standard output, without Kafka. Rejects go to standard error."""
     from engines import load_engine
@@ -142,6 +142,78 @@ def score(
     err.print(f"scored {len(items)}, rejected {rejected}")
 
 
+@cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def train(ctx: typer.Context) -> None:
+    """Fine-tune a BERT checkpoint for sentiment and topic (`finpulse train --help` lists the options).
+
+    The same options work under `accelerate launch -m engines.train` for several GPUs or machines.
+    """
+    from engines.train import main as train_main
+
+    train_main(list(ctx.args))
+
+
+@cli.command()
+def export(
+    model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Checkpoint directory")],
+    to: Annotated[list[str], typer.Option(help="onnx, onnx-int8, tensorrt (repeatable)")] = ["onnx", "onnx-int8"],
+    fp16: Annotated[bool, typer.Option(help="TensorRT: build an fp16 engine")] = True,
+) -> None:
+    """Compile a checkpoint: ONNX (checked against PyTorch), int8 ONNX for CPUs, a TensorRT engine for GPUs."""
+    from engines.export import build_tensorrt_engine, export_onnx, quantize_int8
+
+    unknown = set(to) - {"onnx", "onnx-int8", "tensorrt"}
+    if unknown:
+        raise typer.BadParameter(f"unknown target(s) {sorted(unknown)}; use onnx, onnx-int8, tensorrt", param_hint="--to")
+    onnx_path = model / "model.onnx"
+    if "onnx" in to or not onnx_path.exists():
+        onnx_path = export_onnx(model)
+        err.print(f"ONNX: {onnx_path} (matches PyTorch within tolerance)")
+    if "onnx-int8" in to:
+        err.print(f"int8 ONNX: {quantize_int8(onnx_path)}")
+    if "tensorrt" in to:
+        err.print(f"TensorRT engine: {build_tensorrt_engine(onnx_path, fp16=fp16)}")
+
+
+@cli.command()
+def bench(
+    model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Checkpoint directory (exported first)")],
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="JSONL with a `text` field")],
+    n: Annotated[int, typer.Option(help="Texts to score per repeat")] = 1000,
+    backends: Annotated[str, typer.Option(help="Comma-separated; the first is the baseline")] = "torch,onnxruntime,onnxruntime-int8",
+    threads: Annotated[int, typer.Option(help="CPU threads per backend")] = 2,
+    repeats: Annotated[int, typer.Option(help="Timed repeats (median reported)")] = 5,
+    out: Annotated[Optional[Path], typer.Option(help="Write the figures as JSON here")] = None,
+) -> None:
+    """Documents per second of each backend on the same texts, in one process, against the first."""
+    from rich.table import Table
+
+    from engines.bench import bench_backends
+
+    from worker.ingest import Rejection, decode_news_item
+
+    decoded = (decode_news_item(line, max_text_chars=100_000) for line in data.read_bytes().splitlines())
+    texts = [item.text for item in decoded if not isinstance(item, Rejection)][:n]
+    if not texts:
+        raise typer.BadParameter(f"no valid items with a `text` in {data}", param_hint="--data")
+    results = bench_backends(model, texts, [b.strip() for b in backends.split(",")], threads=threads, repeats=repeats)
+    table = Table(title=f"{len(texts)} texts from {data.name}, {threads} threads, median of {repeats}")
+    for column in ("backend", "docs/s", "× baseline", "sentiment labels same", "topic labels same", "max prob diff"):
+        table.add_column(column, justify="right")
+    for name, r in results.items():
+        table.add_row(
+            name,
+            f"{r['docs_per_s']:.1f}",
+            f"{r['speedup']:.2f}",
+            f"{r['sentiment_label_agreement']:.1%}",
+            f"{r['topic_label_agreement']:.1%}",
+            f"{max(r['sentiment_max_prob_diff'], r['topic_max_prob_diff']):.4f}",
+        )
+    Console().print(table)
+    if out:
+        out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
 @model_cli.command("tiny")
 def model_tiny(out: Annotated[Path, typer.Argument(help="Directory to write")] = Path("models/tiny")) -> None:
     """Build a tiny random-weight multilingual BERT checkpoint (for demos and tests; its scores mean nothing)."""
@@ -166,7 +238,7 @@ def _progress() -> Progress:
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=err,
-        transient=False,
+        disable=not err.is_terminal,  # a log file gets the summary line, not a frozen bar
     )
 
 

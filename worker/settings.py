@@ -25,7 +25,7 @@ class Settings(BaseSettings):
         "sqlite+aiosqlite:///finpulse.db", description="SQLAlchemy async URL (postgresql+asyncpg://… in production)"
     )
     model_dir: str = Field("models/current", description="Hugging Face checkpoint directory or hub id")
-    backend: str = Field("auto", description="Engine backend: auto, torch (onnxruntime, tensorrt later)")
+    backend: str = Field("auto", description="Engine backend: auto (TensorRT on a GPU, else ONNX Runtime if exported, else torch), torch, onnxruntime, tensorrt")
     max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text")
     engine_threads: int | None = Field(None, ge=1, description="CPU threads for the engine (default: torch's)")
 
