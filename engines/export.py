@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 # frozen shape) differs by whole units.
 EXPORT_ATOL = 1e-4
 INT8_SUFFIX = "-int8"
+_HEADS_KEY = "finpulse.num_attention_heads"
+_HIDDEN_KEY = "finpulse.hidden_size"
 FP16_SUFFIX = "-fp16"
 TENSORRT_DIR = "tensorrt"
 # Optimisation profile sequence lengths (min, opt, max) for the default max_length of 128.
@@ -71,51 +73,65 @@ _VERIFY_TEXTS = (
 
 
 def export_onnx(
-    model_dir: str | Path, out_path: str | Path | None = None, *, opset: int = 18, atol: float = EXPORT_ATOL
+    model_dir: str | Path, out_path: str | Path | None = None, *, opset: int = 17, atol: float = EXPORT_ATOL
 ) -> Path:
     """Export model_dir's BertForSentimentAndTopic to ONNX (default model_dir/model.onnx) and verify it.
 
     Inputs input_ids, attention_mask, token_type_ids (int64, dynamic batch and sequence);
-    outputs sentiment_logits, topic_logits. The file is only put in place after ONNX Runtime
-    reproduces PyTorch's logits within atol on multilingual texts, padded and unpadded, so a
-    broken export never reaches a directory that load_engine("auto") would pick it from.
-    opset 18 is torch's own exporter's lowest; asking for less makes it down-convert after
-    the fact, which it skips silently when a conversion fails.
+    outputs sentiment_logits, topic_logits. The graph holds standard ONNX ops only, so TensorRT
+    and other runtimes can read it. It is traced from the model's eager attention with the
+    TorchScript exporter because ONNX Runtime's transformer optimiser can fuse that graph into
+    its BERT kernels (quantize_int8 does); the dynamo exporter's SDPA graph does not fuse, and
+    left ONNX Runtime little faster than PyTorch. The file is only put in place after
+    ONNX Runtime reproduces PyTorch's logits within atol on multilingual texts, padded and
+    unpadded, so a broken export never reaches a directory that load_engine("auto") picks from.
     """
+    from engines.modeling import BertForSentimentAndTopic
+
     model_dir = Path(model_dir)
     out_path = Path(out_path) if out_path else model_dir / ONNX_NAME
     reference = TorchEngine(model_dir)
-    module = _LogitsOnly(reference.model).eval()
+    expected_fn = _LogitsOnly(reference.model).eval()
+    eager = BertForSentimentAndTopic.from_pretrained(model_dir, attn_implementation="eager").eval()
+    module = _LogitsOnly(eager).eval()
     encoded = reference.batcher.encode(_VERIFY_TEXTS)
-    # Two rows of different lengths (both > 1) so that neither axis is specialised to a constant.
     sample = onnx_feeds(*reference.batcher.pad([encoded[0], encoded[1]]))
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with warnings.catch_warnings():
-        # Emitted for every Dim shared by several inputs, which is the point of sharing them.
-        warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
-        program = torch.onnx.export(
-            module,
-            tuple(torch.from_numpy(a) for a in sample.values()),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
-            opset_version=opset,
-            dynamo=True,
-            verbose=False,
-        )
-    program.model.metadata_props[VERSION_KEY] = reference.model_version
-    program.model.metadata_props[WEIGHTS_SHA_KEY] = reference.weights_sha256
+    raw = _temp_beside(out_path.with_name(out_path.name + ".raw"))
     tmp = _temp_beside(out_path)
     try:
-        # One self-contained file (< 2 GB, as mBERT and XLM-R base are): nothing to keep in step beside it.
-        program.save(tmp, external_data=False)
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+            torch.onnx.export(
+                module,
+                tuple(torch.from_numpy(a) for a in sample.values()),
+                raw,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes={name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES},
+                opset_version=opset,
+                dynamo=False,
+            )
+        import onnx
+
+        exported = onnx.load(raw)
+        _set_metadata(
+            exported,
+            {
+                VERSION_KEY: reference.model_version,
+                WEIGHTS_SHA_KEY: reference.weights_sha256,
+                # What the BERT fusion in quantize_int8 needs and cannot always read off a small graph.
+                _HEADS_KEY: str(eager.config.num_attention_heads),
+                _HIDDEN_KEY: str(eager.config.hidden_size),
+            },
+        )
+        onnx.save(exported, tmp)
         session = create_session(tmp)
         with torch.inference_mode():
             batches = [reference.batcher.pad(encoded)] + [reference.batcher.pad([row]) for row in encoded]
             worst = 0.0
             for input_ids, attention_mask in batches:
                 feeds = onnx_feeds(input_ids, attention_mask)
-                expected = module(*(torch.from_numpy(a) for a in feeds.values()))
+                expected = expected_fn(*(torch.from_numpy(a) for a in feeds.values()))
                 got = session.run(list(OUTPUT_NAMES), feeds)
                 worst = max(worst, *(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected)))
         if worst > atol:
@@ -123,15 +139,31 @@ def export_onnx(
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
+        raw.unlink(missing_ok=True)
     log.info("exported %s (%s), max |logit diff| %.2g", out_path, reference.model_version, worst)
     return out_path
 
 
-def quantize_int8(onnx_path: str | Path, out_path: str | Path | None = None) -> Path:
-    """Dynamic int8 quantisation of the MatMul weights (default: model.int8.onnx beside onnx_path).
+def _fuse_bert(onnx_path: Path, metadata: dict[str, str]) -> onnx.ModelProto:
+    """ONNX Runtime's BERT fusions (contrib ops: ONNX Runtime only); counts logged so a graph that stopped fusing shows."""
+    from onnxruntime.transformers.optimizer import optimize_model
 
-    Only MatMul is quantised: the encoder's linear layers hold nearly all of BERT's compute.
-    Gather (the embedding tables) would shrink the file but costs accuracy and no time, and the
+    optimized = optimize_model(
+        str(onnx_path),
+        model_type="bert",
+        num_heads=int(metadata.get(_HEADS_KEY, 0)),  # 0: read off the graph
+        hidden_size=int(metadata.get(_HIDDEN_KEY, 0)),
+    )
+    fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+    log.info("ONNX Runtime fusions: %s", fused)
+    return optimized.model
+
+
+def quantize_int8(onnx_path: str | Path, out_path: str | Path | None = None) -> Path:
+    """Fuse for ONNX Runtime, then quantise weights to int8 dynamically (default: model.int8.onnx beside onnx_path).
+
+    MatMul and the fused Attention (its QKV projection) are quantised: they hold nearly all of
+    BERT's compute. Gather (the embedding tables) would shrink the file but costs accuracy and no time, and the
     pooler and the two heads (Gemm) stay fp32 because rounding the last layers moves the
     probabilities most. Weights are per output channel with a 7-bit range (reduce_range): x86
     CPUs without VNNI multiply uint8 activations by int8 weights in saturating 16-bit pairs,
@@ -149,14 +181,19 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path | None = None) -> 
     if VERSION_KEY not in metadata:
         raise ValueError(f"{onnx_path}: no finpulse version metadata; export it with export_onnx")
     tmp = _temp_beside(out_path)
+    fused = _temp_beside(out_path.with_name(out_path.name + ".fused"))
     try:
+        onnx.save(_fuse_bert(onnx_path, metadata), fused)
         quantize_dynamic(
-            onnx_path,
+            fused,
             tmp,
             weight_type=QuantType.QInt8,
             per_channel=True,
             reduce_range=True,
-            op_types_to_quantize=["MatMul"],
+            op_types_to_quantize=["MatMul", "Attention"],
+            # The fused BERT ops come from ONNX Runtime's contrib domain, whose outputs ONNX
+            # shape inference cannot type; they are all float.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         model = onnx.load(tmp)
         _set_metadata(model, {**metadata, VERSION_KEY: metadata[VERSION_KEY] + INT8_SUFFIX})
@@ -164,6 +201,7 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path | None = None) -> 
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
+        fused.unlink(missing_ok=True)
     return out_path
 
 
