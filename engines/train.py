@@ -1,0 +1,455 @@
+"""Fine-tune a pretrained BERT-family checkpoint into BertForSentimentAndTopic.
+
+The output directory is what engines.load_engine reads (config with both label maps,
+safetensors weights, tokenizer), holding the epoch with the best dev macro-F1, plus
+eval.json (that epoch's dev metrics per head and language) and checkpoint-last/ (model,
+optimizer, scheduler, RNG and loop state after the latest epoch) to resume from.
+
+Accelerate owns devices, DDP, gradient accumulation and autocast, so the same loop runs on
+one CPU, one GPU or many (`accelerate launch -m engines.train ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from rich.console import Console
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from engines.base import SENTIMENT_LABELS
+from engines.data import (
+    Example,
+    Fields,
+    Where,
+    encode,
+    label_counts,
+    load_examples,
+    pad_batch,
+    split_holdout,
+    topic_labels_of,
+)
+from engines.evaluate import evaluate, mean_macro_f1, render_report
+from engines.modeling import IGNORE_INDEX, BertForSentimentAndTopic, SentimentTopicOutput, configure_heads
+
+DEFAULT_BASE = "bert-base-multilingual-cased"
+CHECKPOINT_DIR = "checkpoint-last"
+STATE_FILE = "trainer_state.json"
+EVAL_FILE = "eval.json"
+HEADS = ("sentiment", "topic")
+# Topic head of a model trained on sentiment-only rows from a base without topic labels:
+# one class, so it always answers "other" with probability 1 instead of random topics.
+FALLBACK_TOPICS = ("other",)
+
+log = get_logger(__name__)  # Accelerate's adapter: logs once, on the main process
+
+
+@dataclass
+class TrainerState:
+    """Loop state saved beside Accelerate's tensors, so that a resumed run picks up where it stopped."""
+
+    topic_labels: list[str]
+    epoch: int = 0  # epochs completed
+    global_step: int = 0  # optimizer updates done
+    best_score: float = -1.0  # best dev macro-F1 (mean over heads) so far
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since best_score last improved
+    step_log: list[dict[str, Any]] = field(default_factory=list)
+    epoch_log: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train(
+    base: str,
+    train_files: Sequence[str | Path],
+    dev_files: Sequence[str | Path] | None,
+    out_dir: str | Path,
+    *,
+    fields: Fields = Fields(),
+    where: Where | None = None,
+    dev_where: Where | None = None,
+    dev_fraction: float = 0.2,
+    epochs: int = 3,
+    batch_size: int = 32,
+    learning_rate: float = 5e-5,
+    weight_decay: float = 0.01,
+    warmup_ratio: float = 0.1,
+    grad_accum_steps: int = 1,
+    max_grad_norm: float = 1.0,
+    max_length: int = 128,
+    class_weights: bool = False,
+    patience: int | None = None,
+    seed: int = 42,
+    mixed_precision: str = "auto",
+    resume: bool = False,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `base` (hub id or directory) on train_files; return the best epoch's dev metrics.
+
+    Without dev_files, a seeded, stratified dev_fraction of the training rows is held out.
+    `where` filters the training files and, unless `dev_where` is given, the dev files too.
+    class_weights weighs each head's loss by inverse label frequency; patience stops after that
+    many epochs without a better dev macro-F1; mixed_precision "auto" is bf16 (or fp16) on CUDA
+    and off on CPU; resume continues from out_dir/checkpoint-last when it exists.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    out_dir = Path(out_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=grad_accum_steps,
+        mixed_precision=_resolve_precision(mixed_precision),
+        # Per-epoch shuffles derived from the seed alone, so a resumed epoch sees the same order.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
+        # A batch with no labelled row for one head leaves that head out of the graph.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(seed)
+    train_rows, dev_rows = _load_rows(train_files, dev_files, fields, where, dev_where, dev_fraction, seed)
+    tokenizer = _load_tokenizer(base)
+    model = _load_model(base, topic_labels_of(train_rows), name or out_dir.name)
+    labels = {"sentiment": list(model.config.sentiment_labels), "topic": list(model.config.topic_labels)}
+    _log_rows(train_rows, dev_rows, labels)
+
+    encode_labels = partial(encode, tokenizer=tokenizer, max_length=max_length,
+                            sentiment_labels=labels["sentiment"], topic_labels=labels["topic"])
+    collate = partial(pad_batch, pad_token_id=tokenizer.pad_token_id)
+    train_loader = DataLoader(encode_labels(train_rows), batch_size=batch_size, shuffle=True, collate_fn=collate)
+    # Length-sorted dev batches waste less padding; rows are matched back by their index.
+    dev_encoded = sorted(encode_labels(dev_rows), key=lambda r: len(r["input_ids"]))
+    dev_loader = DataLoader(dev_encoded, batch_size=batch_size, collate_fn=collate)
+
+    total_updates = math.ceil(len(train_loader) / grad_accum_steps) * epochs
+    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_updates), total_updates)
+    weights = _class_weights(train_rows, labels, accelerator.device) if class_weights else {}
+    model, optimizer, train_loader, dev_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, dev_loader, scheduler
+    )
+
+    checkpoint = out_dir / CHECKPOINT_DIR
+    state = TrainerState(topic_labels=labels["topic"])
+    if resume:
+        state = _restore(accelerator, checkpoint, state)
+    for epoch in range(state.epoch + 1, epochs + 1):
+        if patience is not None and state.bad_epochs >= patience:
+            log.info("early stop: dev macro-F1 has not improved for %d epochs (best: epoch %d, %.4f)",
+                     state.bad_epochs, state.best_epoch, state.best_score)
+            break
+        train_loader.set_epoch(epoch)
+        train_loss = _train_epoch(accelerator, model, optimizer, scheduler, train_loader, weights, state, epoch,
+                                  max_grad_norm)
+        report = _evaluate(accelerator, model, dev_loader, dev_rows, labels)
+        score = mean_macro_f1(report)
+        state.epoch_log.append({"epoch": epoch, "step": state.global_step, "train_loss": train_loss,
+                                "dev_macro_f1": score})
+        log.info("epoch %d: train loss %.4f, dev macro-F1 %.4f", epoch, train_loss, score)
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
+            _save_model(accelerator, model, tokenizer, out_dir, report)
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch
+        _save_checkpoint(accelerator, checkpoint, state)
+
+    accelerator.wait_for_everyone()
+    report = json.loads((out_dir / EVAL_FILE).read_text(encoding="utf-8"))
+    if accelerator.is_main_process:
+        Console().print(render_report(report, title=f"dev (best epoch {state.best_epoch})"))
+    return report
+
+
+def _resolve_precision(choice: str) -> str:
+    """"auto": bf16 where the GPU has it, else fp16 on CUDA; full precision on CPU."""
+    if choice != "auto":
+        return choice
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _load_rows(
+    train_files: Sequence[str | Path],
+    dev_files: Sequence[str | Path] | None,
+    fields: Fields,
+    where: Where | None,
+    dev_where: Where | None,
+    dev_fraction: float,
+    seed: int,
+) -> tuple[list[Example], list[Example]]:
+    rows = load_examples(train_files, fields=fields, where=where)
+    if dev_files:
+        dev = load_examples(dev_files, fields=fields, where=where if dev_where is None else dev_where)
+    else:
+        rows, dev = split_holdout(rows, fraction=dev_fraction, seed=seed)
+    if not rows or not dev:
+        raise ValueError(f"need labelled rows for both sides: {len(rows)} training, {len(dev)} dev")
+    return rows, dev
+
+
+def _load_tokenizer(base: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{base}: a fast (tokenizers-backed) tokenizer is required, as the engine needs one")
+    return tokenizer
+
+
+def _load_model(base: str, data_topics: list[str], name: str) -> BertForSentimentAndTopic:
+    """Encoder weights from base; heads from base only where base is a finpulse model with the same labels.
+
+    A plain BertModel / BertForPreTraining / sentence-transformers directory has no heads, so
+    both are initialised fresh (transformers logs which weights were missing).
+    """
+    config = AutoConfig.from_pretrained(base)
+    if config.model_type != "bert":
+        raise ValueError(f"{base}: model_type {config.model_type!r}; BertForSentimentAndTopic needs a BERT checkpoint")
+    base_topics = list(getattr(config, "topic_labels", None) or [])
+    topics = data_topics or base_topics or list(FALLBACK_TOPICS)
+    if not data_topics:
+        log.warning("no topic labels in the training rows; the topic head keeps %s untrained", topics)
+    configure_heads(config, topic_labels=topics, name=name,
+                    sentiment_labels=getattr(config, "sentiment_labels", None) or SENTIMENT_LABELS)
+    model = BertForSentimentAndTopic.from_pretrained(base, config=config, ignore_mismatched_sizes=True,
+                                                     dtype=torch.float32)
+    if base_topics and base_topics != topics:
+        # A same-sized head would load silently, its rows meaning the base's topics, not these.
+        with torch.no_grad():
+            nn.init.normal_(model.topic_head.weight, std=config.initializer_range)
+            nn.init.zeros_(model.topic_head.bias)
+    return model
+
+
+def _log_rows(train_rows: Sequence[Example], dev_rows: Sequence[Example], labels: Mapping[str, list[str]]) -> None:
+    for split, rows in (("train", train_rows), ("dev", dev_rows)):
+        for head in HEADS:
+            counts = label_counts(rows, head)
+            log.info("%s %s: %d labelled of %d rows %s", split, head, sum(counts.values()), len(rows), dict(counts))
+    unseen = set(label_counts(dev_rows, "topic")) - set(labels["topic"])
+    if unseen:
+        log.warning("dev topics not in the training rows (they count as errors): %s", sorted(unseen))
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and LayerNorm weights (the 1-D parameters), as in BERT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def _class_weights(
+    rows: Sequence[Example], labels: Mapping[str, list[str]], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Inverse label frequency, n / (k * count): all ones on a balanced set, large for rare classes."""
+    weights: dict[str, torch.Tensor] = {}
+    for head, names in labels.items():
+        counts = label_counts(rows, head)
+        if counts:
+            n, k = sum(counts.values()), len(counts)
+            weights[head] = torch.tensor([n / (k * max(counts[c], 1)) for c in names], device=device)
+    return weights
+
+
+def _loss(
+    out: SentimentTopicOutput, batch: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum of each head's (weighted) mean cross-entropy over its labelled rows.
+
+    A head without any labelled row in the batch is left out altogether rather than added as
+    0, so its parameters get no gradient at all and AdamW does not even decay them.
+    """
+    losses: dict[str, torch.Tensor] = {}
+    for head in HEADS:
+        targets = batch[f"{head}_labels"]
+        labelled = targets != IGNORE_INDEX
+        if labelled.any():
+            logits = getattr(out, f"{head}_logits")[labelled].float()
+            losses[head] = F.cross_entropy(logits, targets[labelled], weight=weights.get(head))
+    total = torch.stack(list(losses.values())).sum()
+    return total, {"loss": total.item(), **{f"{head}_loss": loss.item() for head, loss in losses.items()}}
+
+
+def _train_epoch(
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    loader: DataLoader,
+    weights: Mapping[str, torch.Tensor],
+    state: TrainerState,
+    epoch: int,
+    max_grad_norm: float,
+) -> float:
+    """One pass over the training rows; appends one step_log entry per optimizer update."""
+    model.train()
+    pending: list[dict[str, float]] = []  # micro-batch losses since the last update
+    update_losses: list[float] = []
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
+    for batch in bar:
+        with accelerator.accumulate(model):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss, parts = _loss(out, batch, weights)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        pending.append(parts)
+        if accelerator.sync_gradients:
+            state.global_step += 1
+            record = {"step": state.global_step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **_mean(pending)}
+            state.step_log.append(record)
+            update_losses.append(record["loss"])
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            pending = []
+    return fmean(update_losses)
+
+
+def _mean(parts: Sequence[Mapping[str, float]]) -> dict[str, float | None]:
+    """Average each loss over the micro-batches that had it; None for a head no micro-batch trained."""
+    keys = ["loss", *(f"{head}_loss" for head in HEADS)]
+    return {k: fmean(values) if (values := [p[k] for p in parts if k in p]) else None for k in keys}
+
+
+@torch.no_grad()
+def _evaluate(
+    accelerator: Accelerator,
+    model: nn.Module,
+    loader: DataLoader,
+    rows: Sequence[Example],
+    labels: Mapping[str, list[str]],
+) -> dict[str, Any]:
+    """Argmax predictions on the dev rows, gathered from all processes, scored per head and language."""
+    model.eval()
+    order: list[int] = []
+    pred: dict[str, list[str]] = {head: [] for head in HEADS}
+    for batch in tqdm(loader, desc="dev", leave=False, disable=not accelerator.is_local_main_process):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        row, sentiment, topic = accelerator.gather_for_metrics(
+            (batch["row"], out.sentiment_logits.argmax(-1), out.topic_logits.argmax(-1))
+        )
+        order += row.tolist()
+        pred["sentiment"] += [labels["sentiment"][i] for i in sentiment.tolist()]
+        pred["topic"] += [labels["topic"][i] for i in topic.tolist()]
+    gold = {head: [getattr(rows[r], head) for r in order] for head in HEADS}
+    return evaluate(gold, pred, [rows[r].lang for r in order], labels)
+
+
+def _save_model(
+    accelerator: Accelerator, model: nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+    report: Mapping[str, Any],
+) -> None:
+    """Write the load_engine-ready directory and its eval.json (called for each new best epoch)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        (out_dir / EVAL_FILE).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    accelerator.wait_for_everyone()
+
+
+def _save_checkpoint(accelerator: Accelerator, directory: Path, state: TrainerState) -> None:
+    """Save into a sibling temp dir, then swap it in: a crash mid-save keeps the previous checkpoint."""
+    staging = directory.with_name(directory.name + ".tmp")
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (staging / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    accelerator.wait_for_everyone()
+
+
+def _restore(accelerator: Accelerator, directory: Path, fresh: TrainerState) -> TrainerState:
+    """Load checkpoint-last into the prepared objects; start fresh if there is none."""
+    state_file = directory / STATE_FILE
+    if not state_file.is_file():
+        log.warning("resume: no %s; starting from epoch 1", state_file)
+        return fresh
+    state = TrainerState(**json.loads(state_file.read_text(encoding="utf-8")))
+    if state.topic_labels != fresh.topic_labels:
+        raise ValueError(f"{directory} was trained with topics {state.topic_labels}, "
+                         f"these rows give {fresh.topic_labels}")
+    accelerator.load_state(str(directory))
+    log.info("resuming after epoch %d (step %d, best dev macro-F1 %.4f at epoch %d)",
+             state.epoch, state.global_step, state.best_score, state.best_epoch)
+    return state
+
+
+def _where(pairs: Sequence[str] | None) -> dict[str, list[str]] | None:
+    """["source=fpb", "split=train", "split=val"] -> {"source": ["fpb"], "split": ["train", "val"]}."""
+    if not pairs:
+        return None
+    where: dict[str, list[str]] = {}
+    for pair in pairs:
+        column, sep, value = pair.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected COLUMN=VALUE, got {pair!r}")
+        where.setdefault(column, []).append(value)
+    return where
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: python -m engines.train (or accelerate launch -m engines.train) --help."""
+    p = argparse.ArgumentParser(prog="python -m engines.train", description=__doc__.splitlines()[0])
+    p.add_argument("--base", default=DEFAULT_BASE, help="hub id or directory of a BERT-family checkpoint")
+    p.add_argument("--train", nargs="+", required=True, type=Path, help=".jsonl/.csv training files")
+    p.add_argument("--dev", nargs="+", type=Path, help="dev files (default: hold out --dev-fraction of --train)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--lang-field", default="lang")
+    p.add_argument("--sentiment-field", default="sentiment", help='"" = no sentiment labels')
+    p.add_argument("--topic-field", default="topic", help='"" = no topic labels')
+    p.add_argument("--where", action="append", metavar="COLUMN=VALUE", help="keep matching rows (repeatable)")
+    p.add_argument("--dev-where", action="append", metavar="COLUMN=VALUE", help="filter for --dev (default --where)")
+    p.add_argument("--dev-fraction", type=float, default=0.2)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--grad-accum-steps", type=int, default=1)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--class-weights", action="store_true", help="weigh losses by inverse label frequency")
+    p.add_argument("--patience", type=int, help="early-stop after this many epochs without a better dev macro-F1")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last")
+    p.add_argument("--name", help="model name recorded in config.json (default: OUT's name)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    train(
+        args.base, args.train, args.dev, args.out,
+        fields=Fields(text=args.text_field, lang=args.lang_field,
+                      sentiment=args.sentiment_field or None, topic=args.topic_field or None),
+        where=_where(args.where), dev_where=_where(args.dev_where), dev_fraction=args.dev_fraction,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, grad_accum_steps=args.grad_accum_steps, max_length=args.max_length,
+        class_weights=args.class_weights, patience=args.patience, seed=args.seed,
+        mixed_precision=args.mixed_precision, resume=args.resume, name=args.name,
+    )
+
+
+if __name__ == "__main__":
+    main()
