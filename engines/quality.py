@@ -1,0 +1,168 @@
+"""Reproducible data for docs/model-quality.md: a seeded multilingual split and the TF-IDF baseline.
+
+    python -m engines.quality split --data ../shared/data --out /tmp/fq   # train.jsonl, dev.jsonl
+    python -m engines.quality baseline --split /tmp/fq                     # TF-IDF + LR on the same split
+
+The split pools the financial sentiment sets, the 8-language tweets and MultiFin's topics,
+capped per source so a CPU run stays within minutes, and holds out a stratified share.
+Rows carry `sentiment` or `topic` (never both: no set labels both heads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from engines.data import Example, Fields, load_examples, split_holdout
+from engines.evaluate import evaluate, render_report
+
+# (file, label field, head, row filter); the filters keep each set's training rows.
+SOURCES: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("fin_sentiment_en.jsonl", "label", "sentiment", {}),
+    ("tfn_sentiment.jsonl", "label", "sentiment", {"split": "train"}),
+    ("finances_es.jsonl", "label", "sentiment", {"split": "train"}),
+    ("xlmt_sentiment.jsonl", "label", "sentiment", {"split": "train"}),
+    ("multifin_topic.jsonl", "topics", "topic", {}),
+)
+
+
+def build_split(data_dir: Path, *, cap: int, dev_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    pooled: list[Example] = []
+    rng = random.Random(seed)
+    for name, field, head, where in SOURCES:
+        fields = Fields(sentiment=field if head == "sentiment" else None, topic=field if head == "topic" else None)
+        rows = load_examples([data_dir / name], fields=fields, where=where or None)
+        rng.shuffle(rows)
+        pooled.extend(rows[:cap])
+    return split_holdout(pooled, fraction=dev_fraction, seed=seed)
+
+
+def _write(path: Path, rows: Iterable[Example]) -> int:
+    n = 0
+    with path.open("w", encoding="utf-8") as out:
+        for row in rows:
+            record = {"text": row.text, "lang": row.lang, "sentiment": row.sentiment, "topic": row.topic}
+            out.write(json.dumps({k: v for k, v in record.items() if v is not None}, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def baseline(split_dir: Path) -> dict[str, Any]:
+    """Character n-gram TF-IDF + logistic regression per head, scored like `finpulse train`."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    fields = Fields()
+    train = load_examples([split_dir / "train.jsonl"], fields=fields)
+    dev = load_examples([split_dir / "dev.jsonl"], fields=fields)
+    gold: dict[str, list[str | None]] = {}
+    pred: dict[str, list[str]] = {}
+    for head in ("sentiment", "topic"):
+        rows = [r for r in train if getattr(r, head) is not None]
+        model = make_pipeline(
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=2, sublinear_tf=True, max_features=300_000),
+            LogisticRegression(max_iter=2000, C=4.0, class_weight="balanced"),
+        )
+        model.fit([r.text for r in rows], [getattr(r, head) for r in rows])
+        gold[head] = [getattr(r, head) for r in dev]
+        pred[head] = list(model.predict([r.text for r in dev]))
+    return evaluate(gold, pred, [r.lang for r in dev])
+
+
+def compare(model_dir: Path, rows: Sequence[Example], backends: Sequence[str], *, threads: int, repeats: int) -> dict[str, Any]:
+    """Speed and quality of each backend on the same held-out rows, in one process."""
+    import statistics
+    import time
+
+    from engines.bench import VARIANTS
+
+    texts = [r.text for r in rows]
+    results: dict[str, Any] = {}
+    engines = {name: VARIANTS[name](model_dir, max_length=128, token_budget=8192, threads=threads) for name in backends}
+    for engine in engines.values():
+        engine.predict(texts[:64])
+    timings: dict[str, list[float]] = {name: [] for name in backends}
+    predictions: dict[str, list[Any]] = {}
+    for _ in range(repeats):  # round-robin, so background load weighs on every backend alike
+        for name, engine in engines.items():
+            start = time.perf_counter()
+            predictions[name] = engine.predict(texts)
+            timings[name].append(time.perf_counter() - start)
+    for name in backends:
+        heads = [h for h in ("sentiment", "topic") if any(getattr(r, h) for r in rows)]
+        report = evaluate(
+            {h: [getattr(r, h) for r in rows] for h in heads},
+            {h: [getattr(p, h).label for p in predictions[name]] for h in heads},
+            [r.lang for r in rows],
+        )
+        seconds = statistics.median(timings[name])
+        results[name] = {
+            "model_version": engines[name].model_version,
+            "docs_per_s": len(texts) / seconds,
+            **{f"{h}_macro_f1": report[h]["all"]["macro_f1"] for h in heads},
+            **{f"{h}_accuracy": report[h]["all"]["accuracy"] for h in heads},
+        }
+    first = results[backends[0]]
+    for r in results.values():
+        r["speedup"] = r["docs_per_s"] / first["docs_per_s"]
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m engines.quality")
+    commands = parser.add_subparsers(dest="command", required=True)
+    split = commands.add_parser("split", help="write train.jsonl and dev.jsonl")
+    split.add_argument("--data", type=Path, required=True, help="the shared data directory")
+    split.add_argument("--out", type=Path, required=True)
+    split.add_argument("--cap", type=int, default=4000, help="most rows per source")
+    split.add_argument("--dev-fraction", type=float, default=0.15)
+    split.add_argument("--seed", type=int, default=13)
+    base = commands.add_parser("baseline", help="TF-IDF + logistic regression on a split")
+    base.add_argument("--split", type=Path, required=True)
+    base.add_argument("--out", type=Path, help="write the report as JSON")
+    comp = commands.add_parser("compare", help="docs/s and macro-F1 of backends on held-out rows")
+    comp.add_argument("--model", type=Path, required=True)
+    comp.add_argument("--data", type=Path, required=True, help="JSONL rows")
+    comp.add_argument("--sentiment-field", default="sentiment")
+    comp.add_argument("--topic-field", default="topic")
+    comp.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE")
+    comp.add_argument("--holdout-fraction", type=float, help="score only the held-out share `finpulse train` kept")
+    comp.add_argument("--seed", type=int, default=42)
+    comp.add_argument("--backends", default="torch,onnxruntime,onnxruntime-int8")
+    comp.add_argument("--threads", type=int, default=2)
+    comp.add_argument("--repeats", type=int, default=3)
+    comp.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "compare":
+        where: dict[str, list[str]] = {}
+        for pair in args.where:
+            key, _, value = pair.partition("=")
+            where.setdefault(key, []).append(value)
+        fields = Fields(sentiment=args.sentiment_field or None, topic=args.topic_field or None)
+        rows = load_examples([args.data], fields=fields, where=where or None)
+        if args.holdout_fraction:
+            rows = split_holdout(rows, fraction=args.holdout_fraction, seed=args.seed)[1]
+        results = compare(args.model, rows, args.backends.split(","), threads=args.threads, repeats=args.repeats)
+        print(json.dumps(results, indent=2))
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    elif args.command == "split":
+        train, dev = build_split(args.data, cap=args.cap, dev_fraction=args.dev_fraction, seed=args.seed)
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(f"train {_write(args.out / 'train.jsonl', train)} rows, dev {_write(args.out / 'dev.jsonl', dev)} rows")
+    else:
+        from rich.console import Console
+
+        report = baseline(args.split)
+        Console().print(render_report(report, title="TF-IDF + logistic regression"))
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
