@@ -55,10 +55,13 @@ class ScoredItem(BaseModel):
     url: str | None = None
     author: str | None = None
     tickers: list[str] = Field(default_factory=list)
-    entities: list[str] = Field(default_factory=list)
+    entities: list[str] = Field(default_factory=list, description="Tickers: the producer's, cashtags, watchlist names")
     sentiment: Prediction
     topic: Prediction
     sentiment_score: float = Field(description="P(positive) - P(negative), in [-1, 1]")
+    event_time: datetime = Field(
+        description="When it happened: published_at, else when it reached Kafka; windows are cut on this"
+    )
     model_version: str
     scored_at: datetime
     latency_ms: float = Field(description="From the item reaching the scorer to its score, in ms")

@@ -28,7 +28,9 @@ from engines import Engine
 from schemas.news import DeadLetter, NewsItem, ScoredItem
 from worker import metrics
 from worker.cache import ScoreCache
+from worker.entities import Watchlist
 from worker.ingest import Rejection, decode_news_item
+from worker.language import LanguageDetector
 from worker.scoring import EngineFailed, Scorer
 from worker.settings import Settings
 from worker.store import DocumentStore, write_durably
@@ -98,7 +100,13 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
             timeout_s=settings.cache_timeout_s,
             retry_s=settings.cache_retry_s,
         )
-        scorer = Scorer(engine, cache)
+        scorer = Scorer(
+            engine,
+            cache,
+            Watchlist.load(settings.watchlist),
+            LanguageDetector() if settings.detect_language else None,
+        )
+        await scorer.warm_up()
         try:
             async for events in stream.take_events(settings.batch_max, within=settings.batch_wait_ms / 1000):
                 hold(events)
@@ -120,7 +128,8 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
                 valid.append((event, decoded))
         if not valid:
             return
-        results = await scorer.score([item for _, item in valid])
+        arrived = [datetime.fromtimestamp(event.message.timestamp, UTC) for event, _ in valid]
+        results = await scorer.score([item for _, item in valid], arrived)
         for (event, item), result in zip(valid, results):
             if isinstance(result, EngineFailed):
                 letter = dead_letter(event, reason="engine_error", detail=str(result), stage="score")
@@ -131,7 +140,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     @app.agent(scored, concurrency=1)
     async def persist(stream: faust.StreamT[bytes]) -> None:
         """Upsert ScoredItems into SQL; hold offsets until the rows are durable."""
-        store = DocumentStore(settings.database_url)
+        store = DocumentStore(settings.database_url, settings.window_sizes)
         try:
             async for events in stream.take_events(
                 settings.persist_batch_max, within=settings.persist_batch_wait_ms / 1000

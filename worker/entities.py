@@ -1,8 +1,9 @@
 """Find the companies a text talks about: cashtags and watchlist names, script-aware.
 
-Latin-like scripts separate words with spaces, so names match only at word
-boundaries ("Apple" is not in "Pineapple"). Chinese and Japanese do not, so their
-names match anywhere in the text. Case follows each alias's rule.
+Latin-like scripts separate words with spaces, so their names match only at word
+boundaries ("Apple" is not in "Pineapple"). Chinese, Japanese, Korean (whose particles
+attach to the noun) and Thai do not, so their names match anywhere, and a Latin name
+written straight against them ("Tesla季度利润") still counts. Case follows each alias.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ DEFAULT_WATCHLIST = Path(__file__).with_name("data") / "watchlist.yaml"
 CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,9}(?:\.[A-Za-z]{1,4})?|\d{1,6}\.[A-Za-z]{1,4})(?!\w)(?!\.\w)")
 
 
+# Letters of scripts written without spaces between words (CJK, kana, Hangul, Thai).
+_UNSPACED = "\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f"
+# A word character that would glue onto a spaced-script name: any \w except those scripts.
+_GLUE = f"[^\\W{_UNSPACED}]"
+
+
 def _is_unspaced_script(ch: str) -> bool:
-    """CJK ideographs, kana and Thai: scripts written without spaces between words."""
-    name = unicodedata.name(ch, "")
-    return name.startswith(("CJK ", "HIRAGANA", "KATAKANA", "THAI", "HALFWIDTH KATAKANA"))
+    return re.fullmatch(f"[{_UNSPACED}]", ch) is not None
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,8 @@ class Watchlist:
             spaced = [a for a in aliases if a.case_sensitive == case_sensitive and not a.unspaced]
             unspaced = [a for a in aliases if a.case_sensitive == case_sensitive and a.unspaced]
             if spaced:
-                self._patterns.append((re.compile(rf"(?<!\w)(?:{_alternation(spaced)})(?!\w)", flags), case_sensitive))
+                pattern = f"(?<!{_GLUE})(?:{_alternation(spaced)})(?!{_GLUE})"
+                self._patterns.append((re.compile(pattern, flags), case_sensitive))
             if unspaced:
                 self._patterns.append((re.compile(_alternation(unspaced), flags), case_sensitive))
 

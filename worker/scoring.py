@@ -17,7 +17,9 @@ from engines import Engine, Scores
 from schemas.news import NewsItem, Prediction, ScoredItem
 from worker import metrics
 from worker.cache import ScoreCache
+from worker.entities import Watchlist, find_entities
 from worker.ingest import text_hash
+from worker.language import LanguageDetector, normalise_lang
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +29,27 @@ class EngineFailed(RuntimeError):
 
 
 class Scorer:
-    def __init__(self, engine: Engine, cache: ScoreCache) -> None:
+    def __init__(
+        self, engine: Engine, cache: ScoreCache, watchlist: Watchlist, languages: LanguageDetector | None
+    ) -> None:
         self.engine = engine
         self.cache = cache
+        self.watchlist = watchlist
+        self.languages = languages
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+
+    async def warm_up(self) -> None:
+        """Load lazy models (language detection) before the first batch waits on them."""
+        if self.languages is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.languages.warm_up)
+
+    def _enrich(self, items: Sequence[NewsItem]) -> list[tuple[str, list[str]]]:
+        """(language, entities) per item; CPU work, so it runs in the engine thread too."""
+        enriched = []
+        for item in items:
+            lang = normalise_lang(item.lang) or (self.languages.detect(item.text) if self.languages else "und")
+            enriched.append((lang, find_entities(item.text, self.watchlist, item.tickers)))
+        return enriched
 
     async def _predict(self, texts: Sequence[str]) -> list[Scores]:
         loop = asyncio.get_running_loop()
@@ -58,9 +77,13 @@ class Scorer:
             results |= await self._predict_isolating_failures([text])
         return results
 
-    async def score(self, items: Sequence[NewsItem]) -> list[ScoredItem | EngineFailed]:
-        """One result per item, in order."""
+    async def score(
+        self, items: Sequence[NewsItem], arrived: Sequence[datetime] | None = None
+    ) -> list[ScoredItem | EngineFailed]:
+        """One result per item, in order; `arrived` (Kafka timestamps) is the event time without published_at."""
         started = time.perf_counter()
+        arrived = arrived or [datetime.now(UTC)] * len(items)
+        enriched = await asyncio.get_running_loop().run_in_executor(self._executor, self._enrich, items)
         version = self.engine.model_version
         hashes = [text_hash(item.text) for item in items]
         cached = await self.cache.get_many(version, dict.fromkeys(hashes))
@@ -74,7 +97,7 @@ class Scorer:
         latency_ms = (time.perf_counter() - started) * 1000
         results: list[ScoredItem | EngineFailed] = []
         seen: set[str] = set()
-        for item, h in zip(items, hashes):
+        for item, h, at, (lang, entities) in zip(items, hashes, arrived, enriched):
             scores = cached.get(h) or fresh[h]
             if isinstance(scores, EngineFailed):
                 results.append(scores)
@@ -82,31 +105,29 @@ class Scorer:
             from_engine = h in fresh and h not in seen
             seen.add(h)
             metrics.SCORED.labels("engine" if from_engine else "cache").inc()
-            results.append(_scored_item(item, h, scores, version, now, latency_ms, cached=not from_engine))
+            results.append(
+                ScoredItem(
+                    id=item.id or h[:32],
+                    source=item.source,
+                    text=item.text,
+                    text_hash=h,
+                    lang=lang,
+                    published_at=item.published_at,
+                    url=item.url,
+                    author=item.author,
+                    tickers=list(item.tickers),
+                    entities=entities,
+                    sentiment=Prediction(label=scores.sentiment.label, probs=scores.sentiment.probs),
+                    topic=Prediction(label=scores.topic.label, probs=scores.topic.probs),
+                    sentiment_score=scores.sentiment_score,
+                    event_time=item.published_at or at,
+                    model_version=version,
+                    scored_at=now,
+                    latency_ms=round(latency_ms, 3),
+                    cached=not from_engine,
+                )
+            )
         return results
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _scored_item(
-    item: NewsItem, h: str, scores: Scores, version: str, now: datetime, latency_ms: float, *, cached: bool
-) -> ScoredItem:
-    return ScoredItem(
-        id=item.id or h[:32],
-        source=item.source,
-        text=item.text,
-        text_hash=h,
-        lang=item.lang,
-        published_at=item.published_at,
-        url=item.url,
-        author=item.author,
-        tickers=list(item.tickers),
-        sentiment=Prediction(label=scores.sentiment.label, probs=scores.sentiment.probs),
-        topic=Prediction(label=scores.topic.label, probs=scores.topic.probs),
-        sentiment_score=scores.sentiment_score,
-        model_version=version,
-        scored_at=now,
-        latency_ms=round(latency_ms, 3),
-        cached=cached,
-    )

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     )
     topic_partitions: int = Field(4, ge=1, description="Partitions for topics the worker creates")
 
+    watchlist: str | None = Field(None, description="YAML watchlist of tickers and aliases (default: the bundled example)")
+    detect_language: bool = Field(True, description="Detect the language of items that carry no `lang` (lingua)")
+    windows: str = Field("60,300,3600", description="Tumbling window sizes for aggregates, seconds, comma-separated")
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="Lifetime of a cached score, s")
     cache_timeout_s: float = Field(0.5, gt=0, description="Redis socket timeout, s")
     cache_retry_s: float = Field(5.0, gt=0, description="After a Redis failure, skip the cache this long, s")
@@ -57,6 +60,13 @@ class Settings(BaseSettings):
     def topic(self, stage: str) -> str:
         """Full topic name for a stage: docs, scored, dlq."""
         return f"{self.namespace}.{stage}"
+
+    @property
+    def window_sizes(self) -> list[int]:
+        sizes = sorted({int(part) for part in self.windows.split(",") if part.strip()})
+        if not sizes or sizes[0] <= 0:
+            raise ValueError(f"FINPULSE_WINDOWS must list positive seconds, got {self.windows!r}")
+        return sizes
 
     @property
     def redis_prefix(self) -> str:

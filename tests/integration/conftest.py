@@ -267,3 +267,29 @@ def pipeline(services: None, tiny_model: Path, database: Database, tmp_path: Pat
             admin.delete_topics([settings.topic(s) for s in ("docs", "scored", "dlq")])
         finally:
             admin.close()
+
+
+def assert_aggregates_match_documents(db: Database, windows: tuple[int, ...] = (60, 300, 3600)) -> int:
+    """Stored aggregates equal a brute-force recomputation from the stored documents; returns rows compared."""
+    from worker.aggregates import GLOBAL, brute_force
+
+    docs = []
+    for r in db.fetch(
+        "SELECT model_version, event_time, sentiment_label, sentiment_score, source, lang, topic_label, entities"
+        " FROM documents"
+    ):
+        keys = [GLOBAL, ("source", r["source"]), ("lang", r["lang"] or "und"), ("topic", r["topic_label"])]
+        keys += [("entity", e) for e in json.loads(r["entities"])]
+        docs.append((r["model_version"], r["event_time"], r["sentiment_label"], r["sentiment_score"], keys))
+    expected = {}
+    for w in windows:
+        for (start, kt, k, v), st in brute_force(docs, w).items():
+            expected[(w, start, kt, k, v)] = (st.negative, st.neutral, st.positive, st.volume, round(st.score_sum, 6))
+    stored = {
+        (r["window_s"], int(r["window_start"].timestamp()), r["key_type"], r["key"], r["model_version"]): (
+            r["count_negative"], r["count_neutral"], r["count_positive"], r["volume"], round(r["score_sum"], 6)
+        )
+        for r in db.fetch("SELECT * FROM aggregates")
+    }
+    assert stored == expected
+    return len(stored)

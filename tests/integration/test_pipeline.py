@@ -10,7 +10,7 @@ import time
 from ops import services as local_services
 from worker.samples import sample_items
 
-from .conftest import Pipeline, wait_for
+from .conftest import Pipeline, assert_aggregates_match_documents, wait_for
 
 MALFORMED: list[tuple[bytes, str]] = [
     (b"\xff\xfe\x00garbage", "invalid_utf8"),
@@ -69,6 +69,12 @@ def test_valid_documents_are_stored_once_and_malformed_go_to_the_dlq(pipeline: P
     assert pipeline.worker.running and pipeline.worker.healthy()
     time.sleep(2)  # anything late would now show up as an extra row
     assert pipeline.db.count() == 1000
+
+    # Enrichment: the watchlist finds the companies each sample text names, in every script.
+    entities = {r["doc_id"]: json.loads(r["entities"]) for r in pipeline.db.fetch("SELECT doc_id, entities FROM documents")}
+    named = [item for item in items if "Tesla" in item["text"] or "特斯拉" in item["text"]]
+    assert named and all("TSLA" in entities[item["id"]] for item in named)
+    assert assert_aggregates_match_documents(pipeline.db) > 0
 
 
 def test_same_text_twice_is_scored_by_the_engine_once(pipeline: Pipeline) -> None:
@@ -142,3 +148,4 @@ def test_postgres_stopped_mid_stream_loses_and_duplicates_nothing(pipeline: Pipe
     assert sorted(r["doc_id"] for r in rows) == sorted(item["id"] for item in items)
     assert all(r["n"] == 1 for r in rows)
     assert pipeline.read("dlq", expected=0, timeout=2) == []
+    assert_aggregates_match_documents(pipeline.db)

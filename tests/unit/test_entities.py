@@ -25,6 +25,10 @@ def watchlist() -> Watchlist:
         ("أرباح أبل تفوق التوقعات", {"AAPL"}),
         ("Эппл и Тесла растут", {"AAPL", "TSLA"}),
         ("Teslas are everywhere", set()),  # no match inside a longer word
+        ("Tesla季度利润超出预期", {"TSLA"}),  # a Latin name written against Chinese
+        ("Appleの株価が上昇", {"AAPL"}),
+        ("삼성전자가 실적을 발표했다", {"005930.KS"}),  # Korean particle attached to the name
+        ("ToyotaMotor is one token", set()),
         ("tesla recalls cars", {"TSLA"}),
         ("特斯拉和比亚迪在中国竞争", {"TSLA", "1211.HK"}),
         ("腾讯控股公布业绩", {"0700.HK"}),

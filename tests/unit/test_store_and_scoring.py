@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,10 @@ from engines import load_engine
 from engines.tiny import build_tiny_checkpoint
 from schemas.news import NewsItem, Prediction, ScoredItem
 from worker import metrics
+from worker.aggregates import brute_force, keys_of
 from worker.cache import ScoreCache
 from worker.database import upgrade
+from worker.entities import Watchlist
 from worker.scoring import Scorer
 from worker.store import DocumentStore, write_durably
 
@@ -26,9 +28,11 @@ def scored(doc_id: str, *, version: str = "m1", label: str = "neutral", source: 
         source=source,
         text=f"text of {doc_id}",
         text_hash="0" * 64,
+        lang="en",
         sentiment=Prediction(label=label, probs=probs),
         topic=Prediction(label="earnings", probs={"earnings": 1.0}),
         sentiment_score=0.1,
+        event_time=datetime(2026, 11, 28, 10, 0, 30, tzinfo=UTC),
         model_version=version,
         scored_at=datetime.now(UTC),
         latency_ms=1.0,
@@ -78,7 +82,7 @@ async def test_rows_the_database_refuses_are_isolated_and_rejected(store: Docume
 
 async def test_scorer_scores_each_distinct_text_once_without_a_cache(tmp_path: Path) -> None:
     engine = load_engine(build_tiny_checkpoint(tmp_path / "tiny"), "torch")
-    scorer = Scorer(engine, ScoreCache(None, prefix="t:", ttl_s=60, timeout_s=0.1, retry_s=1))
+    scorer = Scorer(engine, ScoreCache(None, prefix="t:", ttl_s=60, timeout_s=0.1, retry_s=1), Watchlist.load(), None)
     items = [NewsItem(id=str(n), text=t) for n, t in enumerate(["Gewinn steigt", "利润下降", "Gewinn steigt"])]
     before = metrics.ENGINE_TEXTS._value.get()
     results = await scorer.score(items)
@@ -88,3 +92,53 @@ async def test_scorer_scores_each_distinct_text_once_without_a_cache(tmp_path: P
     assert [r.cached for r in results] == [False, False, True]
     assert results[0].sentiment == results[2].sentiment
     assert all(r.model_version == engine.model_version for r in results)
+
+
+async def stored_aggregates(store: DocumentStore) -> dict[tuple, tuple]:
+    async with store.engine.connect() as conn:
+        result = await conn.execute(
+            text(
+                "SELECT window_s, window_start, key_type, key, model_version, count_negative, count_neutral,"
+                " count_positive, volume, score_sum FROM aggregates"
+            )
+        )
+        out = {}
+        for w, start, kt, k, v, neg, neu, pos, vol, ssum in result:
+            start = datetime.fromisoformat(str(start)).replace(tzinfo=UTC)
+            out[(w, int(start.timestamp()), kt, k, v)] = (neg, neu, pos, vol, round(ssum, 6))
+        return out
+
+
+def expected_aggregates(items: list[ScoredItem], windows: tuple[int, ...]) -> dict[tuple, tuple]:
+    latest = {(i.id, i.model_version): i for i in items}.values()
+    docs = [(i.model_version, i.event_time, i.sentiment.label, i.sentiment_score, keys_of(i)) for i in latest]
+    out = {}
+    for w in windows:
+        for (start, kt, k, v), st in brute_force(docs, w).items():
+            out[(w, start, kt, k, v)] = (st.negative, st.neutral, st.positive, st.volume, round(st.score_sum, 6))
+    return out
+
+
+async def test_aggregates_always_equal_a_recomputation_from_documents(store: DocumentStore) -> None:
+    base = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+
+    def item(doc_id: str, seconds: int, label: str, entities: list[str], **kw) -> ScoredItem:
+        scored_item = scored(doc_id, label=label, **kw)
+        return scored_item.model_copy(
+            update={"event_time": base + timedelta(seconds=seconds), "entities": entities, "sentiment_score": {"negative": -0.5, "neutral": 0.0, "positive": 0.7}[label]}
+        )
+
+    history: list[ScoredItem] = []
+
+    async def write(*items: ScoredItem) -> None:
+        history.extend(items)
+        await store.upsert(list(items))
+        assert await stored_aggregates(store) == expected_aggregates(history, store.windows)
+
+    await write(item("a", 5, "negative", ["TSLA"]), item("b", 50, "positive", ["TSLA", "AAPL"]))
+    await write(item("c", 65, "neutral", []), item("d", 400, "negative", ["AAPL"], source="weibo"))
+    await write(item("a", 5, "negative", ["TSLA"]))  # redelivered: nothing changes
+    await write(item("e", 10, "positive", ["NVDA"]))  # late: lands in its own (old) window
+    await write(item("b", 50, "negative", ["NVDA"]))  # re-scored with new entities: TSLA/AAPL windows shrink
+    await write(item("b", 50, "positive", ["TSLA"], version="m2"))  # a second model beside the first
+    assert (60, int(base.timestamp()), "entity", "AAPL", "m1") not in await stored_aggregates(store)
