@@ -1,8 +1,8 @@
 """The Faust app: wires the topics to the stages. The stages' logic lives in plain modules.
 
-    <ns>.docs ──[score]──► <ns>.scored ──[persist]──► SQL documents
-                  │ bad input                │ rows the database refuses
-                  └────────► <ns>.dlq ◄──────┘
+    <ns>.docs ──[score]──► <ns>.scored ──[persist]──► SQL documents, keys, aggregates
+                  │ bad input                │ rows the database refuses     │
+                  └────────► <ns>.dlq ◄──────┘                               └──► <ns>.aggregates
 
 Offsets: each batch's events are held (an extra reference on the Kafka message) until
 its outputs are sent or written, so Faust never commits past unfinished work, even if
@@ -85,6 +85,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     docs = app.topic(settings.topic("docs"), key_type=bytes, value_type=bytes)
     scored = app.topic(settings.topic("scored"), key_type=bytes, value_type=bytes)
     dlq = app.topic(settings.topic("dlq"), key_type=bytes, value_type=bytes)
+    aggregates = app.topic(settings.topic("aggregates"), key_type=bytes, value_type=bytes)
 
     async def send_dead_letter(letter: DeadLetter, key: bytes | None) -> None:
         metrics.DLQ.labels(letter.stage, letter.reason).inc()
@@ -168,13 +169,17 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
             letter = dead_letter(event_of[id(item)], reason="store_rejected", detail=str(exc)[:500], stage="persist")
             await send_dead_letter(letter, event_of[id(item)].key)
 
-        await write_durably(
+        updated = await write_durably(
             store,
             items,
             on_rejected=reject,
             initial_s=settings.store_retry_initial_s,
             max_s=settings.store_retry_max_s,
         )
+        # Keyed by key type and key, so one key's updates stay in order on one partition.
+        for aggregate in updated:
+            key = f"{aggregate.key_type}:{aggregate.key}".encode()
+            await aggregates.send(key=key, value=aggregate.model_dump_json().encode())
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:

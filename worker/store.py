@@ -23,6 +23,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from schemas.aggregates import WindowAggregate
 from schemas.news import ScoredItem
 from schemas.tables import Aggregate, Document, DocumentKey
 from worker import metrics
@@ -94,11 +95,14 @@ class DocumentStore:
         else:
             raise ValueError(f"unsupported database {dialect!r}: use postgresql+asyncpg:// or sqlite+aiosqlite://")
 
-    async def upsert(self, items: Sequence[ScoredItem]) -> None:
-        """Documents, their keys and the aggregates they touch, in one transaction; raises on failure."""
+    async def upsert(self, items: Sequence[ScoredItem]) -> list[WindowAggregate]:
+        """Documents, their keys and the aggregates they touch, in one transaction; raises on failure.
+
+        Returns the recomputed aggregates, for the stream to emit once the transaction committed.
+        """
         latest = {(i.id, i.model_version): i for i in items}  # a key twice in a batch: the last one wins
         if not latest:
-            return
+            return []
         rows = [document_row(i) for i in latest.values()]
         stmt = self._insert(Document).values(rows)
         stmt = stmt.on_conflict_do_update(
@@ -108,8 +112,9 @@ class DocumentStore:
         async with self.engine.begin() as conn:
             await conn.execute(stmt)
             touched = await self._replace_keys(conn, list(latest.values()))
-            await self._recompute(conn, touched)
+            aggregates = await self._recompute(conn, touched)
         metrics.STORE_ROWS.inc(len(rows))
+        return [WindowAggregate(**row) for row in aggregates]
 
     async def _replace_keys(self, conn: AsyncConnection, items: list[ScoredItem]) -> Touched:
         """Swap each document's key rows for its current ones; return every window either side touched."""
@@ -128,17 +133,21 @@ class DocumentStore:
                 touched[w].setdefault((key_type, key, version), set()).add(window_start(event_ts, w))
         return touched
 
-    async def _recompute(self, conn: AsyncConnection, touched: Touched) -> None:
+    async def _recompute(self, conn: AsyncConnection, touched: Touched) -> list[dict[str, Any]]:
         keys = sorted({k for by_key in touched.values() for k in by_key})
         if conn.dialect.name == "postgresql":
             # Sorted, so two workers locking overlapping keys cannot deadlock.
             for lock_id in sorted({zlib.crc32("\x1f".join(k).encode()) for k in keys}):
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+        rows: list[dict[str, Any]] = []
         for w, by_key in touched.items():
             if by_key:
-                await self._recompute_windows(conn, w, by_key)
+                rows += await self._recompute_windows(conn, w, by_key)
+        return rows
 
-    async def _recompute_windows(self, conn: AsyncConnection, w: int, by_key: dict[tuple[str, str, str], set[int]]) -> None:
+    async def _recompute_windows(
+        self, conn: AsyncConnection, w: int, by_key: dict[tuple[str, str, str], set[int]]
+    ) -> list[dict[str, Any]]:
         starts = {s for ss in by_key.values() for s in ss}
         start_col = (DocumentKey.event_ts - DocumentKey.event_ts % w).label("start")
         label = DocumentKey.sentiment_label
@@ -189,6 +198,7 @@ class DocumentStore:
             excluded = {c: stmt.excluded[c] for c in rows[0] if c not in _AGGREGATE_KEY}
             stmt = stmt.on_conflict_do_update(index_elements=list(_AGGREGATE_KEY), set_={**excluded, "updated_at": func.now()})
             await conn.execute(stmt)
+        return list(found.values())
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -201,7 +211,7 @@ async def write_durably(
     on_rejected: Callable[[ScoredItem, BaseException], Awaitable[None]],
     initial_s: float,
     max_s: float,
-) -> None:
+) -> list[WindowAggregate]:
     """Return only once every item is stored or rejected: transient failures are retried forever.
 
     Kafka offsets of a batch are committed only after this returns, so an outage of
@@ -211,9 +221,9 @@ async def write_durably(
     delay = initial_s
     while True:
         try:
-            await store.upsert(items)
+            aggregates = await store.upsert(items)
             metrics.STORE_UP.set(1)
-            return
+            return aggregates
         except Exception as exc:  # noqa: BLE001 - classified below
             if is_permanent(exc):
                 refused: BaseException = exc
@@ -226,10 +236,12 @@ async def write_durably(
     if len(items) == 1:
         log.error("SQL store rejected document %s: %s", items[0].id, _short(refused))
         await on_rejected(items[0], refused)
-        return
+        return []
     middle = len(items) // 2
+    aggregates: list[WindowAggregate] = []
     for half in (items[:middle], items[middle:]):
-        await write_durably(store, half, on_rejected=on_rejected, initial_s=initial_s, max_s=max_s)
+        aggregates += await write_durably(store, half, on_rejected=on_rejected, initial_s=initial_s, max_s=max_s)
+    return aggregates
 
 
 def _short(exc: BaseException) -> str:

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from worker.database import upgrade
 from worker.settings import Settings
-from worker.topics import ensure_topics
+from worker.topics import STAGES, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA = os.environ.get("FINPULSE_TEST_KAFKA", "127.0.0.1:9092")
@@ -264,7 +264,7 @@ def pipeline(services: None, tiny_model: Path, database: Database, tmp_path: Pat
         pipe.producer.close()
         admin = KafkaAdminClient(bootstrap_servers=KAFKA)
         try:
-            admin.delete_topics([settings.topic(s) for s in ("docs", "scored", "dlq")])
+            admin.delete_topics([settings.topic(s) for s in STAGES])
         finally:
             admin.close()
 

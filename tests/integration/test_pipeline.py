@@ -74,7 +74,19 @@ def test_valid_documents_are_stored_once_and_malformed_go_to_the_dlq(pipeline: P
     entities = {r["doc_id"]: json.loads(r["entities"]) for r in pipeline.db.fetch("SELECT doc_id, entities FROM documents")}
     named = [item for item in items if "Tesla" in item["text"] or "特斯拉" in item["text"]]
     assert named and all("TSLA" in entities[item["id"]] for item in named)
-    assert assert_aggregates_match_documents(pipeline.db) > 0
+    stored = assert_aggregates_match_documents(pipeline.db)
+    assert stored > 0
+
+    # The aggregates topic carries every recomputation; the last one per window and key is what SQL holds.
+    latest = {}
+    for message in pipeline.read("aggregates", expected=0, timeout=10):
+        key = (message["window_s"], message["window_start"], message["key_type"], message["key"])
+        latest[key] = (message["volume"], message["count_negative"])
+    assert len(latest) == stored
+    rows = pipeline.db.fetch("SELECT window_s, window_start, key_type, key, volume, count_negative FROM aggregates")
+    for r in rows:
+        key = (r["window_s"], r["window_start"].isoformat().replace("+00:00", "Z"), r["key_type"], r["key"])
+        assert latest[key] == (r["volume"], r["count_negative"]), key
 
 
 def test_same_text_twice_is_scored_by_the_engine_once(pipeline: Pipeline) -> None:
