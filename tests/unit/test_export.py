@@ -20,24 +20,8 @@ from engines.onnx_backend import INT8_NAME, ONNX_NAME, OnnxEngine
 from engines.tiny import CORPUS, DEFAULT_TOPICS, build_tiny_checkpoint
 from engines.torch_backend import TorchEngine
 
-MULTILINGUAL = {
-    "en": "Apple beat revenue estimates and raised its dividend.",
-    "zh": "腾讯第三季度净利润同比增长，股价上涨。",
-    "es": "Las acciones de Telefónica cayeron un 3% tras los resultados.",
-    "de": "Die Europäische Zentralbank senkt den Leitzins.",
-    "fr": "Le CAC 40 termine en forte baisse après l'annonce de la BCE.",
-    "ja": "日経平均株価は大幅に反発した。",
-    "ar": "ارتفعت أسعار النفط بعد قرار أوبك خفض الإنتاج.",
-}
-EDGE_CASES = {
-    "empty": "",
-    "whitespace": "  \n\t  ",
-    "emoji_only": "🚀📉💸🔥",
-    "control_chars": "\x00\x01\x1b[31m\u200b\ufeff\x7f",
-    "mixed_scripts": "Tesla 腾讯 Сбербанк ارتفعت 株価 📈 삼성 +12%",
-    "lone_surrogate": "stock \ud83d up",
-    "one_megabyte": "Apple revenue rises 🚀 " * 50_000,
-}
+from .texts import EDGE_CASES, MULTILINGUAL
+
 ALL_CORPUS = [text for texts in CORPUS.values() for text in texts]
 # fp32 ONNX Runtime vs PyTorch: the export gate bounds logits by EXPORT_ATOL; probabilities
 # move less than logits, so the same bound holds for them.
