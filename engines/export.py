@@ -159,11 +159,12 @@ def _fuse_bert(onnx_path: Path, metadata: dict[str, str]) -> onnx.ModelProto:
     return optimized.model
 
 
-def quantize_int8(onnx_path: str | Path, out_path: str | Path | None = None) -> Path:
+def quantize_int8(onnx_path: str | Path, out_path: str | Path | None = None, *, attention: bool = True) -> Path:
     """Fuse for ONNX Runtime, then quantise weights to int8 dynamically (default: model.int8.onnx beside onnx_path).
 
     MatMul and the fused Attention (its QKV projection) are quantised: they hold nearly all of
-    BERT's compute. Gather (the embedding tables) would shrink the file but costs accuracy and no time, and the
+    BERT's compute. attention=False keeps Attention fp32: slower, closer to fp32 (docs/model-quality.md
+    measures both). Gather (the embedding tables) would shrink the file but costs accuracy and no time, and the
     pooler and the two heads (Gemm) stay fp32 because rounding the last layers moves the
     probabilities most. Weights are per output channel with a 7-bit range (reduce_range): x86
     CPUs without VNNI multiply uint8 activations by int8 weights in saturating 16-bit pairs,
@@ -190,7 +191,7 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path | None = None) -> 
             weight_type=QuantType.QInt8,
             per_channel=True,
             reduce_range=True,
-            op_types_to_quantize=["MatMul", "Attention"],
+            op_types_to_quantize=["MatMul", "Attention"] if attention else ["MatMul"],
             # The fused BERT ops come from ONNX Runtime's contrib domain, whose outputs ONNX
             # shape inference cannot type; they are all float.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},

@@ -2,6 +2,8 @@
 
     python -m engines.quality split --data ../shared/data --out /tmp/fq   # train.jsonl, dev.jsonl
     python -m engines.quality baseline --split /tmp/fq                     # TF-IDF + LR on the same split
+    python -m engines.quality compare --model DIR --data FILE               # backends: docs/s and macro-F1
+    python -m engines.quality plot --model-eval DIR/eval.json --baseline B --out PNG
 
 The split pools the financial sentiment sets, the 8-language tweets and MultiFin's topics,
 capped per source so a CPU run stays within minutes, and holds out a stratified share.
@@ -113,6 +115,30 @@ def compare(model_dir: Path, rows: Sequence[Example], backends: Sequence[str], *
     return results
 
 
+def plot_by_language(model_report: dict[str, Any], baseline_report: dict[str, Any], out: Path, *, min_n: int = 20) -> None:
+    """Per-language macro-F1 of the model beside the baseline, one panel per head (languages with >= min_n rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = [h for h in ("sentiment", "topic") if h in model_report]
+    fig, axes = plt.subplots(1, len(heads), figsize=(6 * len(heads), 3.8), squeeze=False)
+    for ax, head in zip(axes[0], heads):
+        langs = sorted(l for l, r in model_report[head]["by_lang"].items() if r["n"] >= min_n)
+        xs = range(len(langs))
+        model = [model_report[head]["by_lang"][l]["macro_f1"] for l in langs]
+        base = [baseline_report[head]["by_lang"][l]["macro_f1"] for l in langs]
+        ax.bar([x - 0.2 for x in xs], model, width=0.4, label="fine-tuned MiniLM-L6")
+        ax.bar([x + 0.2 for x in xs], base, width=0.4, label="TF-IDF + LR")
+        ax.set_xticks(list(xs), [f"{l}\n(n={model_report[head]['by_lang'][l]['n']})" for l in langs], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{head}: macro-F1 by language (held out)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m engines.quality")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -137,8 +163,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     comp.add_argument("--threads", type=int, default=2)
     comp.add_argument("--repeats", type=int, default=3)
     comp.add_argument("--out", type=Path)
+    fig = commands.add_parser("plot", help="per-language macro-F1 of a model's eval.json beside the baseline's")
+    fig.add_argument("--model-eval", type=Path, required=True)
+    fig.add_argument("--baseline", type=Path, required=True)
+    fig.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.command == "compare":
+    if args.command == "plot":
+        load = lambda p: json.loads(p.read_text(encoding="utf-8"))  # noqa: E731
+        plot_by_language(load(args.model_eval), load(args.baseline), args.out)
+    elif args.command == "compare":
         where: dict[str, list[str]] = {}
         for pair in args.where:
             key, _, value = pair.partition("=")

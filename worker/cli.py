@@ -158,6 +158,9 @@ def export(
     model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Checkpoint directory")],
     to: Annotated[list[str], typer.Option(help="onnx, onnx-int8, tensorrt (repeatable)")] = ["onnx", "onnx-int8"],
     fp16: Annotated[bool, typer.Option(help="TensorRT: build an fp16 engine")] = True,
+    int8_attention: Annotated[
+        bool, typer.Option(help="int8: quantise the attention projections too (faster; more drift)")
+    ] = True,
 ) -> None:
     """Compile a checkpoint: ONNX (checked against PyTorch), int8 ONNX for CPUs, a TensorRT engine for GPUs."""
     from engines.export import build_tensorrt_engine, export_onnx, quantize_int8
@@ -170,7 +173,7 @@ def export(
         onnx_path = export_onnx(model)
         err.print(f"ONNX: {onnx_path} (matches PyTorch within tolerance)")
     if "onnx-int8" in to:
-        err.print(f"int8 ONNX: {quantize_int8(onnx_path)}")
+        err.print(f"int8 ONNX: {quantize_int8(onnx_path, attention=int8_attention)}")
     if "tensorrt" in to:
         err.print(f"TensorRT engine: {build_tensorrt_engine(onnx_path, fp16=fp16)}")
 
