@@ -137,3 +137,14 @@ def _summary(db_path: Path) -> None:
     for lang, n, neg, neu, pos, mean in rows:
         table.add_row(lang, str(n), str(neg), str(neu), str(pos), f"{mean:+.3f}")
     console.print(table)
+    entities = Table(title="entities, 1-hour windows (aggregates table)")
+    for column in ("entity", "window start (UTC)", "docs", "negative", "mean score"):
+        entities.add_column(column, justify="right")
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT key, window_start, volume, count_negative, mean_score FROM aggregates"
+            " WHERE key_type = 'entity' AND window_s = 3600 ORDER BY volume DESC, key LIMIT 8"
+        ).fetchall()
+    for key, start, volume, negative, mean in rows:
+        entities.add_row(key, str(start)[:16], str(volume), str(negative), f"{mean:+.3f}")
+    console.print(entities)
