@@ -58,7 +58,11 @@ def worker(loglevel: Annotated[str, typer.Option(help="debug, info, warning")] =
     settings = Settings()
     ensure_topics(settings)
     engine = load_engine(
-        settings.model_dir, settings.backend, max_length=settings.max_length, threads=settings.engine_threads
+        settings.model_dir,
+        settings.backend,
+        max_length=settings.max_length,
+        token_budget=settings.token_budget,
+        threads=settings.engine_threads,
     )
     err.print(f"model {engine.model_version} on {engine.backend}; namespace {settings.namespace}")
     app = create_app(settings, engine)
@@ -113,7 +117,13 @@ def score(
     from worker.ingest import Rejection, decode_news_item
 
     settings = Settings()
-    engine = load_engine(model or settings.model_dir, backend or settings.backend, max_length=settings.max_length)
+    engine = load_engine(
+        model or settings.model_dir,
+        backend or settings.backend,
+        max_length=settings.max_length,
+        token_budget=settings.token_budget,
+        threads=settings.engine_threads,
+    )
     items, rejected = [], 0
     for n, line in enumerate(file.read_bytes().splitlines(), 1):
         if not line.strip():

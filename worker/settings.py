@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     model_dir: str = Field("models/current", description="Hugging Face checkpoint directory or hub id")
     backend: str = Field("auto", description="Engine backend: auto (TensorRT on a GPU, else ONNX Runtime if exported, else torch), torch, onnxruntime, tensorrt")
     max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text")
+    token_budget: int = Field(
+        8192, ge=8, description="Padded tokens per engine batch; 1024-2048 is faster on small CPUs (docs/model-quality.md)"
+    )
     engine_threads: int | None = Field(None, ge=1, description="CPU threads for the engine (default: torch's)")
 
     batch_max: int = Field(64, ge=1, le=4096, description="Most documents per scoring micro-batch")
