@@ -23,7 +23,3 @@ class WindowAggregate(BaseModel):
     volume: int
     score_sum: float
     mean_score: float = Field(description="Mean of P(positive) - P(negative)")
-
-    @property
-    def negative_ratio(self) -> float:
-        return self.count_negative / self.volume if self.volume else 0.0

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from schemas.news import ScoredItem
 
 GLOBAL = ("global", "*")
-KEY_TYPES = ("global", "source", "lang", "topic", "entity")
 
 
 def keys_of(item: ScoredItem) -> list[tuple[str, str]]:
@@ -37,7 +36,7 @@ def as_datetime(epoch: int) -> datetime:
 
 @dataclass
 class WindowStats:
-    """What a window holds for one key; adding a document is all the stream needs to do."""
+    """Counts of one key in one window, as the brute-force reference computes them."""
 
     negative: int = 0
     neutral: int = 0
@@ -47,14 +46,6 @@ class WindowStats:
     @property
     def volume(self) -> int:
         return self.negative + self.neutral + self.positive
-
-    @property
-    def mean_score(self) -> float:
-        return self.score_sum / self.volume if self.volume else 0.0
-
-    @property
-    def negative_ratio(self) -> float:
-        return self.negative / self.volume if self.volume else 0.0
 
     def add(self, label: str, score: float) -> None:
         setattr(self, label, getattr(self, label) + 1)

@@ -126,25 +126,28 @@ def _produce(settings, servers: list[str], count: int) -> None:  # type: ignore[
 
 
 def _summary(db_path: Path) -> None:
-    table = Table(title="documents by language")
-    for column in ("lang", "docs", "negative", "neutral", "positive", "mean score"):
+    _print_query(
+        db_path,
+        "documents by language",
+        ("lang", "docs", "negative", "neutral", "positive", "mean score"),
+        "SELECT lang, count(*), sum(sentiment_label='negative'), sum(sentiment_label='neutral'),"
+        " sum(sentiment_label='positive'), printf('%+.3f', avg(sentiment_score)) FROM documents"
+        " GROUP BY lang ORDER BY lang",
+    )
+    _print_query(
+        db_path,
+        "entities, 1-hour windows (aggregates table)",
+        ("entity", "window start (UTC)", "docs", "negative", "mean score"),
+        "SELECT key, substr(window_start, 1, 16), volume, count_negative, printf('%+.3f', mean_score)"
+        " FROM aggregates WHERE key_type = 'entity' AND window_s = 3600 ORDER BY volume DESC, key LIMIT 8",
+    )
+
+
+def _print_query(db_path: Path, title: str, columns: tuple[str, ...], sql: str) -> None:
+    table = Table(title=title)
+    for column in columns:
         table.add_column(column, justify="right")
     with sqlite3.connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT lang, count(*), sum(sentiment_label='negative'), sum(sentiment_label='neutral'),"
-            " sum(sentiment_label='positive'), avg(sentiment_score) FROM documents GROUP BY lang ORDER BY lang"
-        ).fetchall()
-    for lang, n, neg, neu, pos, mean in rows:
-        table.add_row(lang, str(n), str(neg), str(neu), str(pos), f"{mean:+.3f}")
+        for row in conn.execute(sql):
+            table.add_row(*map(str, row))
     console.print(table)
-    entities = Table(title="entities, 1-hour windows (aggregates table)")
-    for column in ("entity", "window start (UTC)", "docs", "negative", "mean score"):
-        entities.add_column(column, justify="right")
-    with sqlite3.connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT key, window_start, volume, count_negative, mean_score FROM aggregates"
-            " WHERE key_type = 'entity' AND window_s = 3600 ORDER BY volume DESC, key LIMIT 8"
-        ).fetchall()
-    for key, start, volume, negative, mean in rows:
-        entities.add_row(key, str(start)[:16], str(volume), str(negative), f"{mean:+.3f}")
-    console.print(entities)

@@ -2,13 +2,12 @@
 
 lingua is accurate on short texts and mixed scripts, and answers "don't know" rather
 than guessing: a text too short or too ambiguous to tell gets "und" (undetermined).
-Its models load on first use (about a second and ~1 GB for all languages), so the
-worker warms it in the engine thread at start-up.
+Its models load on first use (~9 s and ~1 GB for all languages), so the worker warms
+it at start-up. Only the scorer's single engine thread calls it.
 """
 
 from __future__ import annotations
 
-import threading
 from functools import cached_property
 
 UNKNOWN = "und"
@@ -18,18 +17,16 @@ MIN_LETTERS = 3
 class LanguageDetector:
     def __init__(self, min_relative_distance: float = 0.1) -> None:
         self._min_relative_distance = min_relative_distance
-        self._lock = threading.Lock()
 
     @cached_property
     def _detector(self):  # type: ignore[no-untyped-def]
         from lingua import LanguageDetectorBuilder
 
-        with self._lock:
-            return (
-                LanguageDetectorBuilder.from_all_languages()
-                .with_minimum_relative_distance(self._min_relative_distance)
-                .build()
-            )
+        return (
+            LanguageDetectorBuilder.from_all_languages()
+            .with_minimum_relative_distance(self._min_relative_distance)
+            .build()
+        )
 
     def warm_up(self) -> None:
         self.detect("Warm-up text so that every language model is loaded before the first batch.")

@@ -83,10 +83,13 @@ class Scorer:
         """One result per item, in order; `arrived` (Kafka timestamps) is the event time without published_at."""
         started = time.perf_counter()
         arrived = arrived or [datetime.now(UTC)] * len(items)
-        enriched = await asyncio.get_running_loop().run_in_executor(self._executor, self._enrich, items)
         version = self.engine.model_version
         hashes = [text_hash(item.text) for item in items]
-        cached = await self.cache.get_many(version, dict.fromkeys(hashes))
+        # Language and entities are computed in the engine thread while Redis answers.
+        enriched, cached = await asyncio.gather(
+            asyncio.get_running_loop().run_in_executor(self._executor, self._enrich, items),
+            self.cache.get_many(version, dict.fromkeys(hashes)),
+        )
         to_score = {h: item.text for h, item in zip(hashes, items) if h not in cached}
         fresh: dict[str, Scores | EngineFailed] = {}
         if to_score:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from pathlib import Path
 
@@ -14,9 +13,10 @@ from transformers import BertConfig
 from engines import SENTIMENT_LABELS, Scores, load_engine
 from engines import loader
 from engines.modeling import BertForSentimentAndTopic, configure_heads
-from engines.tiny import DEFAULT_TOPICS, build_tiny_checkpoint
+from engines.tiny import build_tiny_checkpoint
 
 from .texts import EDGE_CASES, MULTILINGUAL
+from .texts import assert_valid as assert_valid_distributions
 
 
 
@@ -31,11 +31,7 @@ def engine(tiny_dir: Path):
 
 
 def assert_valid(scores: Scores) -> None:
-    for head, labels in ((scores.sentiment, SENTIMENT_LABELS), (scores.topic, DEFAULT_TOPICS)):
-        assert list(head.probs) == list(labels)
-        assert head.label == max(head.probs, key=head.probs.get)
-        assert math.isclose(sum(head.probs.values()), 1.0, abs_tol=1e-5)
-        assert all(0.0 <= p <= 1.0 for p in head.probs.values())
+    assert_valid_distributions(scores)
     probs = scores.sentiment.probs
     assert scores.sentiment_score == pytest.approx(probs["positive"] - probs["negative"])
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from engines.onnx_backend import INT8_NAME, ONNX_NAME, OnnxEngine
 from engines.tiny import CORPUS, DEFAULT_TOPICS, build_tiny_checkpoint
 from engines.torch_backend import TorchEngine
 
-from .texts import EDGE_CASES, MULTILINGUAL
+from .texts import EDGE_CASES, MULTILINGUAL, assert_valid
 
 ALL_CORPUS = [text for texts in CORPUS.values() for text in texts]
 # fp32 ONNX Runtime vs PyTorch: the export gate bounds logits by EXPORT_ATOL; probabilities
@@ -67,14 +66,6 @@ def onnx_fp32(model_dir: Path) -> OnnxEngine:
 
 def torch_only_copy(model_dir: Path, dest: Path) -> Path:
     return Path(shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("*.onnx")))
-
-
-def assert_valid(scores: Scores) -> None:
-    for head, labels in ((scores.sentiment, SENTIMENT_LABELS), (scores.topic, DEFAULT_TOPICS)):
-        assert list(head.probs) == list(labels)
-        assert head.label == max(head.probs, key=head.probs.get)
-        assert math.isclose(sum(head.probs.values()), 1.0, abs_tol=1e-5)
-        assert all(0.0 <= p <= 1.0 for p in head.probs.values())
 
 
 def max_prob_diff(a: list[Scores], b: list[Scores]) -> float:

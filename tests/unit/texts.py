@@ -1,4 +1,10 @@
-"""Texts shared by the engine tests: one per language, and inputs that must never crash a backend."""
+"""Shared by the engine tests: a text per language, inputs that must never crash a backend, and the
+check that a result is a well-formed pair of probability distributions."""
+
+import math
+
+from engines import SENTIMENT_LABELS, Scores
+from engines.tiny import DEFAULT_TOPICS
 
 MULTILINGUAL = {
     "en": "Apple beat revenue estimates and raised its dividend.",
@@ -18,3 +24,11 @@ EDGE_CASES = {
     "lone_surrogate": "stock \ud83d up",  # legal in a Python str (json.loads), not in UTF-8
     "one_megabyte": "Apple revenue rises 🚀 " * 50_000,
 }
+
+
+def assert_valid(scores: Scores) -> None:
+    for head, labels in ((scores.sentiment, SENTIMENT_LABELS), (scores.topic, DEFAULT_TOPICS)):
+        assert list(head.probs) == list(labels)
+        assert head.label == max(head.probs, key=head.probs.get)
+        assert math.isclose(sum(head.probs.values()), 1.0, abs_tol=1e-5)
+        assert all(0.0 <= p <= 1.0 for p in head.probs.values())
