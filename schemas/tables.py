@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, MetaData, String, Text, func
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -78,3 +92,65 @@ class Aggregate(Base):
     score_sum: Mapped[float] = mapped_column(Float)
     mean_score: Mapped[float] = mapped_column(Float, doc="Mean of P(positive) - P(negative)")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class SubscriptionRow(Base):
+    """An alert subscription; workers reload these every few seconds, so changes need no restart."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    key_type: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(256))
+    window_s: Mapped[int] = mapped_column(Integer)
+    rule: Mapped[dict[str, Any]] = mapped_column(JSON)
+    cooldown_s: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret: Mapped[str | None] = mapped_column(String(256))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AlertRow(Base):
+    """A fired alert, and the outbox state of its two deliveries (the alerts topic and the webhook).
+
+    The primary key is derived from (subscription, key, window), so an alert exists once
+    whatever is redelivered or replayed; the unique constraint says so in the schema too.
+    """
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "key_type", "key", "window_s", "window_start", name="uq_alerts_once"),
+        Index("ix_alerts_cooldown", "subscription_id", "key_type", "key", "window_start"),
+        Index("ix_alerts_outbox", "published", "delivery", "next_attempt_at"),
+    )
+
+    alert_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(String(36))
+    subscription_name: Mapped[str] = mapped_column(String(128))
+    rule: Mapped[str] = mapped_column(String(16))
+    metric: Mapped[str] = mapped_column(String(32))
+    observed: Mapped[float] = mapped_column(Float)
+    value: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    key_type: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(256))
+    window_s: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    model_version: Mapped[str] = mapped_column(String(128))
+    volume: Mapped[int] = mapped_column(Integer)
+    doc_id: Mapped[str | None] = mapped_column(String(256))
+    baseline_mean: Mapped[float | None] = mapped_column(Float)
+    baseline_std: Mapped[float | None] = mapped_column(Float)
+    fired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    published: Mapped[bool] = mapped_column(Boolean, default=False, doc="Sent to <namespace>.alerts")
+    delivery: Mapped[str] = mapped_column(
+        String(16), default="none", doc="Webhook: none, pending, delivered, failed, suppressed (replays)"
+    )
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -52,6 +52,20 @@ class Settings(BaseSettings):
     store_retry_initial_s: float = Field(0.5, gt=0, description="First back-off after a SQL failure, s")
     store_retry_max_s: float = Field(10.0, gt=0, description="Longest back-off between SQL retries, s")
 
+    subscriptions_refresh_s: float = Field(2.0, gt=0, description="Workers reload alert subscriptions this often, s")
+    outbox_interval_s: float = Field(0.5, gt=0, description="How often fired alerts are sent to the alerts topic and webhooks, s")
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhooks to private, loopback and link-local addresses (refused by default: SSRF)"
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook POST, s")
+    webhook_max_attempts: int = Field(8, ge=1, description="POSTs per alert before its delivery is marked failed")
+    webhook_retry_initial_s: float = Field(1.0, gt=0, description="First back-off after a failed POST, s (doubles)")
+    webhook_retry_max_s: float = Field(300.0, gt=0, description="Longest back-off between POSTs, s")
+
+    api_token: str | None = Field(None, description="Bearer token the HTTP API requires for writes; unset = writes refused")
+    api_host: str = Field("127.0.0.1", description="Interface of `finpulse api`")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port of `finpulse api`")
+
     web_port: int = Field(6066, ge=0, le=65535, description="Port for /health and /metrics")
     web_host: str = Field("127.0.0.1", description="Interface for /health and /metrics")
 
@@ -61,7 +75,7 @@ class Settings(BaseSettings):
         return f"{self.namespace}-worker"
 
     def topic(self, stage: str) -> str:
-        """Full topic name for a stage: docs, scored, dlq."""
+        """Full topic name for a stage: docs, scored, dlq, aggregates, alerts."""
         return f"{self.namespace}.{stage}"
 
     @property

@@ -11,7 +11,7 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STAGES = ("docs", "scored", "dlq", "aggregates")
+STAGES = ("docs", "scored", "dlq", "aggregates", "alerts")
 
 
 def bootstrap_servers(kafka_url: str) -> list[str]:

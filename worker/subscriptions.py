@@ -1,0 +1,143 @@
+"""Alert subscriptions in the SQL store: one repository for the API, the CLI and the workers.
+
+The SQL store is the source of truth. Workers reload the enabled subscriptions every
+`FINPULSE_SUBSCRIPTIONS_REFRESH_S` seconds (`LiveSubscriptions`), so a subscription made
+through the API or the CLI reaches every running worker within that time, no restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from pydantic import TypeAdapter
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.alerts import ANY_KEY, Rule, Subscription, SubscriptionSpec
+from schemas.tables import SubscriptionRow
+from worker.webhooks import check_webhook_url
+
+_RULE = TypeAdapter(Rule)
+log = logging.getLogger(__name__)
+
+
+class SubscriptionError(ValueError):
+    """A subscription the worker could never evaluate or deliver; the API answers 422."""
+
+
+def validate_spec(spec: SubscriptionSpec, *, windows: Sequence[int], allow_private_webhooks: bool) -> None:
+    if spec.window_s not in windows:
+        raise SubscriptionError(f"window_s={spec.window_s} is not one of the worker's windows {list(windows)} (FINPULSE_WINDOWS)")
+    if spec.key_type == "global" and spec.key != ANY_KEY:
+        raise SubscriptionError(f"key_type 'global' has the single key {ANY_KEY!r}")
+    if spec.webhook_url is not None:
+        check_webhook_url(str(spec.webhook_url), allow_private=allow_private_webhooks)
+
+
+def _to_model(row: SubscriptionRow, *, show_secret: bool = False) -> Subscription:
+    return Subscription(
+        id=row.id,
+        name=row.name,
+        key_type=row.key_type,  # type: ignore[arg-type]
+        key=row.key,
+        rule=_RULE.validate_python(row.rule),
+        window_s=row.window_s,
+        cooldown_s=row.cooldown_s,
+        webhook_url=row.webhook_url,  # type: ignore[arg-type]
+        webhook_secret=row.webhook_secret if show_secret else None,
+        enabled=row.enabled,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _columns(spec: SubscriptionSpec, secret: str | None) -> dict[str, object]:
+    return {
+        "name": spec.name,
+        "key_type": spec.key_type,
+        "key": spec.key,
+        "window_s": spec.window_s,
+        "rule": spec.rule.model_dump(mode="json"),
+        "cooldown_s": spec.cooldown_s,
+        "webhook_url": str(spec.webhook_url) if spec.webhook_url else None,
+        "webhook_secret": secret if spec.webhook_url else None,
+        "enabled": spec.enabled,
+    }
+
+
+class SubscriptionRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create(self, spec: SubscriptionSpec) -> Subscription:
+        """Store a new subscription; the answer shows its webhook secret, this once."""
+        now = datetime.now(UTC)
+        secret = spec.webhook_secret or (secrets.token_urlsafe(32) if spec.webhook_url else None)
+        row = SubscriptionRow(id=str(uuid.uuid4()), created_at=now, updated_at=now, **_columns(spec, secret))
+        async with self.engine.begin() as conn:
+            await conn.execute(SubscriptionRow.__table__.insert().values(**_row_dict(row)))
+        return _to_model(row, show_secret=True)
+
+    async def replace(self, subscription_id: str, spec: SubscriptionSpec) -> Subscription | None:
+        """Replace a subscription's definition; a webhook keeps its secret unless a new one is given."""
+        async with self.engine.begin() as conn:
+            found = (
+                await conn.execute(select(SubscriptionRow).where(SubscriptionRow.id == subscription_id))
+            ).first()
+            if found is None:
+                return None
+            old = SubscriptionRow(**found._mapping)
+            secret = spec.webhook_secret or old.webhook_secret or (secrets.token_urlsafe(32) if spec.webhook_url else None)
+            values = {**_columns(spec, secret), "updated_at": datetime.now(UTC)}
+            await conn.execute(
+                SubscriptionRow.__table__.update().where(SubscriptionRow.id == subscription_id).values(**values)
+            )
+        new = SubscriptionRow(**{**_row_dict(old), **values})
+        return _to_model(new, show_secret=spec.webhook_secret is not None or (spec.webhook_url is not None and not old.webhook_secret))
+
+    async def delete(self, subscription_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(delete(SubscriptionRow).where(SubscriptionRow.id == subscription_id))
+        return bool(result.rowcount)
+
+    async def get(self, subscription_id: str) -> Subscription | None:
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(select(SubscriptionRow).where(SubscriptionRow.id == subscription_id))).first()
+        return _to_model(SubscriptionRow(**found._mapping)) if found else None
+
+    async def list(self, *, enabled_only: bool = False, with_secrets: bool = False) -> list[Subscription]:
+        query = select(SubscriptionRow).order_by(SubscriptionRow.created_at, SubscriptionRow.id)
+        if enabled_only:
+            query = query.where(SubscriptionRow.enabled.is_(True))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_to_model(SubscriptionRow(**r._mapping), show_secret=with_secrets) for r in rows]
+
+
+def _row_dict(row: SubscriptionRow) -> dict[str, object]:
+    return {c.key: getattr(row, c.key) for c in SubscriptionRow.__table__.columns}
+
+
+class LiveSubscriptions:
+    """The enabled subscriptions as a worker sees them: reloaded when older than `refresh_s`."""
+
+    def __init__(self, repository: SubscriptionRepository, refresh_s: float) -> None:
+        self.repository = repository
+        self.refresh_s = refresh_s
+        self._loaded_at = float("-inf")
+        self._current: list[Subscription] = []
+
+    async def current(self) -> list[Subscription]:
+        """The latest list; while the store is unreachable, the last one loaded (the write retries anyway)."""
+        if time.monotonic() - self._loaded_at >= self.refresh_s:
+            try:
+                self._current = await self.repository.list(enabled_only=True, with_secrets=True)
+            except Exception as exc:  # noqa: BLE001 - any store failure: keep evaluating with what we have
+                log.warning("could not reload subscriptions (%s); keeping %d", type(exc).__name__, len(self._current))
+            self._loaded_at = time.monotonic()
+        return self._current

@@ -1,0 +1,103 @@
+"""Webhook delivery: signed, idempotent POSTs to subscribers, and refusal of internal addresses.
+
+Each POST carries the alert as JSON and three headers:
+
+- `Idempotency-Key`: the alert id — the same on every retry, so a receiver stores it once;
+- `X-Finpulse-Timestamp`: Unix seconds when this attempt was signed;
+- `X-Finpulse-Signature`: `sha256=` + hex HMAC-SHA256 of `"<timestamp>.<body>"` under the
+  subscription's secret (`verify_signature` shows a receiver how to check it).
+
+A URL whose host resolves to a private, loopback, link-local, multicast or reserved
+address is refused (server-side request forgery: a subscriber must not make the worker
+call into its own network), when the subscription is made and again before each POST,
+unless `FINPULSE_WEBHOOK_ALLOW_PRIVATE=true`. Redirects are not followed, for the same reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+SIGNATURE_HEADER = "X-Finpulse-Signature"
+TIMESTAMP_HEADER = "X-Finpulse-Timestamp"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class WebhookRefused(ValueError):
+    """The URL may not be called: bad scheme, no host, or an internal address."""
+
+
+def check_webhook_url(url: str, *, allow_private: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise WebhookRefused(f"webhook URL must be http or https, not {parts.scheme or 'nothing'!r}")
+    if not parts.hostname:
+        raise WebhookRefused("webhook URL has no host")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except socket.gaierror as exc:
+        raise WebhookRefused(f"webhook host {parts.hostname!r} does not resolve: {exc.strerror}") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if not address.is_global or address.is_multicast:
+            raise WebhookRefused(
+                f"webhook host {parts.hostname!r} resolves to {address}, a private, loopback, link-local or reserved"
+                " address; set FINPULSE_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+            )
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify_signature(secret: str, headers: dict[str, str], body: bytes, *, tolerance_s: float = 300) -> bool:
+    """What a receiver does: recompute the HMAC over the raw body and reject stale timestamps."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    timestamp = lowered.get(TIMESTAMP_HEADER.lower(), "")
+    given = lowered.get(SIGNATURE_HEADER.lower(), "")
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > tolerance_s:
+        return False
+    return hmac.compare_digest(given, signature(secret, timestamp, body))
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    ok: bool
+    retry: bool  # worth trying again later (network error, 5xx, 408, 429)
+    detail: str
+
+
+async def post_alert(
+    client: httpx.AsyncClient, url: str, secret: str, alert_id: str, body: bytes, *, allow_private: bool
+) -> DeliveryResult:
+    """One attempt; never raises."""
+    try:
+        check_webhook_url(url, allow_private=allow_private)
+    except WebhookRefused as exc:
+        return DeliveryResult(False, False, str(exc))
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "finpulse-webhooks/1",
+        IDEMPOTENCY_HEADER: alert_id,
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: signature(secret, timestamp, body),
+    }
+    try:
+        response = await client.post(url, content=body, headers=headers, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        return DeliveryResult(False, True, f"{type(exc).__name__}: {exc}"[:500])
+    if 200 <= response.status_code < 300:
+        return DeliveryResult(True, False, f"HTTP {response.status_code}")
+    retry = response.status_code >= 500 or response.status_code in (408, 425, 429)
+    return DeliveryResult(False, retry, f"HTTP {response.status_code}: {response.text[:200]}")
