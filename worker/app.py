@@ -1,8 +1,8 @@
 """The Faust app: wires the topics to the stages. The stages' logic lives in plain modules.
 
-    <ns>.docs ──[score]──► <ns>.scored ──[persist]──► SQL documents, keys, aggregates
-                  │ bad input                │ rows the database refuses     │
-                  └────────► <ns>.dlq ◄──────┘                               └──► <ns>.aggregates
+    <ns>.docs ──[score]──► <ns>.scored ──[persist]──► SQL documents, keys, aggregates, alerts
+                  │ bad input                │ rows the database refuses     │          │
+                  └────────► <ns>.dlq ◄──────┘            <ns>.aggregates ◄──┘  [outbox]──► <ns>.alerts, webhooks
 
 Offsets: each batch's events are held (an extra reference on the Kafka message) until
 its outputs are sent or written, so Faust never commits past unfinished work, even if
@@ -31,9 +31,11 @@ from worker.cache import ScoreCache
 from worker.entities import Watchlist
 from worker.ingest import Rejection, decode_news_item
 from worker.language import LanguageDetector
+from worker.outbox import AlertOutbox
 from worker.scoring import EngineFailed, Scorer
 from worker.settings import Settings
 from worker.store import DocumentStore, write_durably
+from worker.subscriptions import LiveSubscriptions, SubscriptionRepository
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +144,18 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     async def persist(stream: faust.StreamT[bytes]) -> None:
         """Upsert ScoredItems into SQL; hold offsets until the rows are durable."""
         store = DocumentStore(settings.database_url, settings.window_sizes)
+        subscriptions = LiveSubscriptions(SubscriptionRepository(store.engine), settings.subscriptions_refresh_s)
         try:
             async for events in stream.take_events(
                 settings.persist_batch_max, within=settings.persist_batch_wait_ms / 1000
             ):
                 hold(events)
-                await _persist_batch(store, events)
+                await _persist_batch(store, subscriptions, events)
                 release(events)
         finally:
             await asyncio.shield(store.close())
 
-    async def _persist_batch(store: DocumentStore, events: Sequence[EventT]) -> None:
+    async def _persist_batch(store: DocumentStore, subscriptions: LiveSubscriptions, events: Sequence[EventT]) -> None:
         items: list[ScoredItem] = []
         event_of: dict[int, EventT] = {}
         for event in events:
@@ -175,11 +178,17 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
             on_rejected=reject,
             initial_s=settings.store_retry_initial_s,
             max_s=settings.store_retry_max_s,
+            subscriptions=subscriptions.current,
         )
         # Keyed by key type and key, so one key's updates stay in order on one partition.
         for aggregate in updated:
             key = f"{aggregate.key_type}:{aggregate.key}".encode()
             await aggregates.send(key=key, value=aggregate.model_dump_json().encode())
+
+    @app.task
+    async def send_alerts() -> None:
+        """Publish stored alerts to <ns>.alerts and POST their webhooks (worker/outbox.py)."""
+        await AlertOutbox(settings).run()
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:

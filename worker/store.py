@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
-
-import zlib
 
 from sqlalchemy import case, delete, func, select, text, tuple_
 from sqlalchemy import exc as sa_exc
@@ -24,9 +23,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from schemas.aggregates import WindowAggregate
+from schemas.alerts import Subscription
 from schemas.news import ScoredItem
 from schemas.tables import Aggregate, Document, DocumentKey
-from worker import metrics
+from worker import alerts, metrics
 from worker.aggregates import as_datetime, epoch_seconds, keys_of, window_start
 
 log = logging.getLogger(__name__)
@@ -95,10 +95,17 @@ class DocumentStore:
         else:
             raise ValueError(f"unsupported database {dialect!r}: use postgresql+asyncpg:// or sqlite+aiosqlite://")
 
-    async def upsert(self, items: Sequence[ScoredItem]) -> list[WindowAggregate]:
-        """Documents, their keys and the aggregates they touch, in one transaction; raises on failure.
+    async def upsert(
+        self,
+        items: Sequence[ScoredItem],
+        subscriptions: Sequence[Subscription] = (),
+        *,
+        deliver_webhooks: bool = True,
+    ) -> list[WindowAggregate]:
+        """Documents, their keys, the aggregates they touch and the alerts those fire, in one transaction.
 
-        Returns the recomputed aggregates, for the stream to emit once the transaction committed.
+        Raises on failure. Returns the recomputed aggregates, for the stream to emit once
+        the transaction committed; fired alerts wait in the alerts table's outbox.
         """
         latest = {(i.id, i.model_version): i for i in items}  # a key twice in a batch: the last one wins
         if not latest:
@@ -113,6 +120,9 @@ class DocumentStore:
             await conn.execute(stmt)
             touched = await self._replace_keys(conn, list(latest.values()))
             aggregates = await self._recompute(conn, touched)
+            await alerts.evaluate(
+                conn, self._insert, subscriptions, latest.values(), aggregates, deliver_webhooks=deliver_webhooks
+            )
         metrics.STORE_ROWS.inc(len(rows))
         return [WindowAggregate(**row) for row in aggregates]
 
@@ -211,6 +221,8 @@ async def write_durably(
     on_rejected: Callable[[ScoredItem, BaseException], Awaitable[None]],
     initial_s: float,
     max_s: float,
+    subscriptions: Callable[[], Awaitable[Sequence[Subscription]]] | None = None,
+    deliver_webhooks: bool = True,
 ) -> list[WindowAggregate]:
     """Return only once every item is stored or rejected: transient failures are retried forever.
 
@@ -221,7 +233,8 @@ async def write_durably(
     delay = initial_s
     while True:
         try:
-            aggregates = await store.upsert(items)
+            watching = await subscriptions() if subscriptions else ()
+            aggregates = await store.upsert(items, watching, deliver_webhooks=deliver_webhooks)
             metrics.STORE_UP.set(1)
             return aggregates
         except Exception as exc:  # noqa: BLE001 - classified below
@@ -240,7 +253,15 @@ async def write_durably(
     middle = len(items) // 2
     aggregates: list[WindowAggregate] = []
     for half in (items[:middle], items[middle:]):
-        aggregates += await write_durably(store, half, on_rejected=on_rejected, initial_s=initial_s, max_s=max_s)
+        aggregates += await write_durably(
+            store,
+            half,
+            on_rejected=on_rejected,
+            initial_s=initial_s,
+            max_s=max_s,
+            subscriptions=subscriptions,
+            deliver_webhooks=deliver_webhooks,
+        )
     return aggregates
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.alerts import ANY_KEY, Rule, Subscription, SubscriptionSpec
 from schemas.tables import SubscriptionRow
-from worker.webhooks import check_webhook_url
+from worker.webhooks import WebhookRefused, check_webhook_url
 
 _RULE = TypeAdapter(Rule)
 log = logging.getLogger(__name__)
@@ -31,12 +31,19 @@ class SubscriptionError(ValueError):
 
 
 def validate_spec(spec: SubscriptionSpec, *, windows: Sequence[int], allow_private_webhooks: bool) -> None:
+    """What the schema cannot check: the worker's windows, the global key, the webhook's address (SSRF).
+
+    Raises SubscriptionError for every refusal, so callers catch one type.
+    """
     if spec.window_s not in windows:
         raise SubscriptionError(f"window_s={spec.window_s} is not one of the worker's windows {list(windows)} (FINPULSE_WINDOWS)")
     if spec.key_type == "global" and spec.key != ANY_KEY:
         raise SubscriptionError(f"key_type 'global' has the single key {ANY_KEY!r}")
     if spec.webhook_url is not None:
-        check_webhook_url(str(spec.webhook_url), allow_private=allow_private_webhooks)
+        try:
+            check_webhook_url(str(spec.webhook_url), allow_private=allow_private_webhooks)
+        except WebhookRefused as exc:
+            raise SubscriptionError(str(exc)) from exc
 
 
 def _to_model(row: SubscriptionRow, *, show_secret: bool = False) -> Subscription:

@@ -1,0 +1,209 @@
+"""Alert rules on the embedded SQLite store: what fires, once, and what a cooldown or a replay changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter
+from sqlalchemy import select, update
+
+from schemas.alerts import Alert, Rule, SubscriptionSpec
+from schemas.news import Prediction, ScoredItem
+from schemas.tables import AlertRow
+from worker.alerts import spike_score
+from worker.database import upgrade
+from worker.outbox import AlertOutbox
+from worker.settings import Settings
+from worker.store import DocumentStore
+from worker.subscriptions import SubscriptionRepository
+from worker.webhooks import WebhookRefused, check_webhook_url, verify_signature
+
+T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)  # a window boundary for 60, 300 and 3600 s
+RULE = TypeAdapter(Rule)
+
+
+def item(n: int, *, minute: int, entity: str = "TSLA", label: str = "negative", p: float = 0.9) -> ScoredItem:
+    rest = (1 - p) / 2
+    probs = {"negative": rest, "neutral": rest, "positive": rest, label: p}
+    return ScoredItem(
+        id=f"{entity}-{minute}-{n}",
+        source="news",
+        text=f"doc {n}",
+        text_hash="0" * 64,
+        lang="en",
+        entities=[entity],
+        sentiment=Prediction(label=label, probs=probs),
+        topic=Prediction(label="earnings", probs={"earnings": 1.0}),
+        sentiment_score=probs["positive"] - probs["negative"],
+        event_time=T0 + timedelta(minutes=minute, seconds=n % 60),
+        model_version="m1",
+        scored_at=datetime.now(UTC),
+        latency_ms=1.0,
+        cached=False,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    await asyncio.to_thread(upgrade, url)
+    store = DocumentStore(url, (60, 300))
+    yield store
+    await store.close()
+
+
+async def subscribe(store: DocumentStore, rule: dict[str, Any], **fields: Any):
+    spec = SubscriptionSpec(name="test", key_type="entity", key="TSLA", rule=RULE.validate_python(rule), **fields)
+    created = await SubscriptionRepository(store.engine).create(spec)
+    return await SubscriptionRepository(store.engine).list(with_secrets=True), created
+
+
+async def alerts(store: DocumentStore) -> list[AlertRow]:
+    async with store.engine.connect() as conn:
+        return list((await conn.execute(select(AlertRow).order_by(AlertRow.window_start))).all())
+
+
+async def test_threshold_fires_once_per_window_when_the_window_qualifies(store: DocumentStore) -> None:
+    subs, _ = await subscribe(store, {"type": "threshold", "metric": "negative_ratio", "value": 0.5, "min_count": 4})
+    await store.upsert([item(n, minute=0) for n in range(3)], subs)  # 3 documents: below min_count
+    assert await alerts(store) == []
+    batch = [item(3, minute=0)] + [item(n, minute=1, label="positive") for n in range(4)]
+    await store.upsert(batch, subs)
+    await store.upsert(batch, subs)  # redelivered: nothing new
+    await store.upsert([item(4, minute=0)], subs)  # the window grows: still one alert
+    [alert] = await alerts(store)
+    assert (alert.key_type, alert.key, alert.window_start.replace(tzinfo=UTC)) == ("entity", "TSLA", T0)
+    assert (alert.observed, alert.volume, alert.rule, alert.metric) == (1.0, 4, "threshold", "negative_ratio")
+    assert not alert.published and alert.delivery == "none"
+
+
+async def test_spike_compares_a_window_with_its_baseline(store: DocumentStore) -> None:
+    rule = {"type": "spike", "metric": "negative_count", "method": "zscore", "threshold": 3, "baseline_windows": 5, "min_count": 6}
+    subs, _ = await subscribe(store, rule)
+    quiet = [item(n, minute=m) for m in range(5) for n in range(m % 2 + 1)]  # 1 or 2 negatives a minute
+    await store.upsert(quiet, subs)
+    await store.upsert([item(n, minute=5) for n in range(3)], subs)  # 3: above the baseline but under min_count
+    assert await alerts(store) == []
+    await store.upsert([item(n, minute=5) for n in range(3, 10)], subs)
+    [alert] = await alerts(store)
+    expected = spike_score(RULE.validate_python(rule), 10, [1, 2, 1, 2, 1])
+    assert alert.window_start.replace(tzinfo=UTC) == T0 + timedelta(minutes=5)
+    assert (alert.observed, alert.value) == (10, pytest.approx(expected.value))
+    assert alert.baseline_mean == pytest.approx(1.4)
+
+
+def test_spike_score_keeps_a_flat_baseline_finite() -> None:
+    zscore = RULE.validate_python({"type": "spike", "method": "zscore"})
+    ratio = RULE.validate_python({"type": "spike", "method": "ratio"})
+    assert spike_score(zscore, 10, [2, 2, 2]).value == 8.0  # std 0 counts as 1
+    assert spike_score(ratio, 10, [0, 0, 0]).value == 10.0  # mean 0 counts as 1
+    assert spike_score(ratio, 10, [4, 6]).value == 2.0
+
+
+async def test_instant_fires_on_one_confident_negative_document_per_window(store: DocumentStore) -> None:
+    subs, _ = await subscribe(store, {"type": "instant", "min_confidence": 0.8})
+    await store.upsert([item(0, minute=0, p=0.7), item(1, minute=0, label="positive", p=0.95)], subs)
+    assert await alerts(store) == []
+    await store.upsert([item(2, minute=0, p=0.85), item(3, minute=0, p=0.99), item(4, minute=2, p=0.9)], subs)
+    fired = await alerts(store)
+    assert [(a.doc_id, a.observed) for a in fired] == [("TSLA-0-2", 0.85), ("TSLA-2-4", 0.9)]
+
+
+async def test_cooldown_suppresses_nearby_windows_of_the_same_key(store: DocumentStore) -> None:
+    subs, _ = await subscribe(store, {"type": "instant", "min_confidence": 0.5}, cooldown_s=180)
+    await store.upsert([item(0, minute=0), item(0, minute=2), item(0, minute=3)], subs)
+    await store.upsert([item(0, minute=1)], subs)  # late, but within the cooldown of minute 0
+    starts = [a.window_start.replace(tzinfo=UTC) for a in await alerts(store)]
+    assert starts == [T0, T0 + timedelta(minutes=3)]
+
+
+async def test_a_replay_stores_alerts_without_delivering_webhooks(store: DocumentStore) -> None:
+    subs, _ = await subscribe(
+        store, {"type": "instant", "min_confidence": 0.5}, webhook_url="https://hooks.example.com/finpulse"
+    )
+    await store.upsert([item(0, minute=0)], subs)
+    await store.upsert([item(0, minute=1)], subs, deliver_webhooks=False)
+    assert [a.delivery for a in await alerts(store)] == ["pending", "suppressed"]
+
+
+def test_private_and_internal_webhook_addresses_are_refused() -> None:
+    for url in ("http://127.0.0.1:8080/hook", "http://10.1.2.3/", "http://169.254.169.254/latest", "http://[::1]/",
+                "http://localhost/", "http://192.168.0.10/", "ftp://example.com/", "http:///nohost"):
+        with pytest.raises(WebhookRefused):
+            check_webhook_url(url, allow_private=False)
+    check_webhook_url("http://127.0.0.1:8080/hook", allow_private=True)
+    check_webhook_url("https://8.8.8.8/hook", allow_private=False)
+
+
+class Receiver:
+    """A local webhook receiver that answers 500 to its first `failures` POSTs, then 200."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers), body))
+                self.send_response(500 if len(receiver.requests) <= receiver.failures else 200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(failures=2)
+    yield r
+    r.server.shutdown()
+
+
+async def test_webhooks_are_signed_retried_and_idempotent(store: DocumentStore, receiver: Receiver) -> None:
+    subs, created = await subscribe(store, {"type": "instant", "min_confidence": 0.5}, webhook_url=receiver.url)
+    await store.upsert([item(0, minute=0)], subs)
+    settings = Settings(database_url="sqlite+aiosqlite://", webhook_allow_private=True, webhook_retry_initial_s=0.01)
+    outbox = AlertOutbox(settings, engine=store.engine)
+    try:
+        for _ in range(3):
+            await outbox.deliver_due()
+            async with store.engine.begin() as conn:  # skip the back-off wait
+                await conn.execute(update(AlertRow).values(next_attempt_at=datetime.now(UTC) - timedelta(seconds=1)))
+        await outbox.deliver_due()  # delivered already: no fourth POST
+    finally:
+        await outbox.close()
+    [alert] = await alerts(store)
+    assert (alert.delivery, alert.delivery_attempts) == ("delivered", 3)
+    assert len(receiver.requests) == 3
+    assert {headers["Idempotency-Key"] for headers, _ in receiver.requests} == {alert.alert_id}
+    for headers, body in receiver.requests:
+        assert verify_signature(created.webhook_secret or "", headers, body)
+        assert not verify_signature("another secret of enough length", headers, body)
+        assert Alert.model_validate(json.loads(body)).alert_id == alert.alert_id
+
+
+async def test_a_webhook_to_a_private_address_is_refused_at_delivery(store: DocumentStore, receiver: Receiver) -> None:
+    subs, _ = await subscribe(store, {"type": "instant", "min_confidence": 0.5}, webhook_url=receiver.url)
+    await store.upsert([item(0, minute=0)], subs)
+    outbox = AlertOutbox(Settings(database_url="sqlite+aiosqlite://"), engine=store.engine)
+    try:
+        await outbox.deliver_due()
+    finally:
+        await outbox.close()
+    [alert] = await alerts(store)
+    assert alert.delivery == "failed" and "private" in (alert.last_error or "")
+    assert receiver.requests == []
