@@ -235,7 +235,11 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(services: None, tiny_model: Path, database: Database, tmp_path: Path) -> Iterator[Pipeline]:
+def pipeline(
+    request: pytest.FixtureRequest, services: None, tiny_model: Path, database: Database, tmp_path: Path
+) -> Iterator[Pipeline]:
+    """A running worker; `@pytest.mark.worker_env(FINPULSE_X="...")` adds settings to its environment."""
+    marker = request.node.get_closest_marker("worker_env")
     namespace = f"t{uuid.uuid4().hex[:10]}"
     env = {
         **os.environ,
@@ -249,6 +253,7 @@ def pipeline(services: None, tiny_model: Path, database: Database, tmp_path: Pat
         "FINPULSE_CACHE_RETRY_S": "1",
         "FINPULSE_STORE_RETRY_MAX_S": "2",
         "FINPULSE_ENGINE_THREADS": "1",
+        **(marker.kwargs if marker else {}),
     }
     settings = Settings(
         namespace=namespace, kafka_url=env["FINPULSE_KAFKA_URL"], database_url=database.url, redis_url=REDIS_URL

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from worker.outbox import AlertOutbox
 from worker.settings import Settings
 from worker.store import DocumentStore
 from worker.subscriptions import SubscriptionRepository
+from tests.webhook_receiver import Receiver
 from worker.webhooks import WebhookRefused, check_webhook_url, verify_signature
 
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)  # a window boundary for 60, 300 and 3600 s
@@ -143,34 +142,11 @@ def test_private_and_internal_webhook_addresses_are_refused() -> None:
     check_webhook_url("https://8.8.8.8/hook", allow_private=False)
 
 
-class Receiver:
-    """A local webhook receiver that answers 500 to its first `failures` POSTs, then 200."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server API
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((dict(self.headers), body))
-                self.send_response(500 if len(receiver.requests) <= receiver.failures else 200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver(failures=2)
     yield r
-    r.server.shutdown()
+    r.close()
 
 
 async def test_webhooks_are_signed_retried_and_idempotent(store: DocumentStore, receiver: Receiver) -> None:
