@@ -27,12 +27,9 @@ from pydantic import ValidationError
 from engines import Engine
 from schemas.news import DeadLetter, NewsItem, ScoredItem
 from worker import metrics
-from worker.cache import ScoreCache
-from worker.entities import Watchlist
 from worker.ingest import Rejection, decode_news_item
-from worker.language import LanguageDetector
 from worker.outbox import AlertOutbox
-from worker.scoring import EngineFailed, Scorer
+from worker.scoring import EngineFailed, Scorer, build_scorer
 from worker.settings import Settings
 from worker.store import DocumentStore, write_durably
 from worker.subscriptions import LiveSubscriptions, SubscriptionRepository
@@ -96,19 +93,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     @app.agent(docs, concurrency=1)
     async def score(stream: faust.StreamT[bytes]) -> None:
         """Validate each document, score the batch, emit ScoredItems (or dead letters)."""
-        cache = ScoreCache(
-            settings.redis_url,
-            prefix=settings.redis_prefix,
-            ttl_s=settings.cache_ttl_s,
-            timeout_s=settings.cache_timeout_s,
-            retry_s=settings.cache_retry_s,
-        )
-        scorer = Scorer(
-            engine,
-            cache,
-            Watchlist.load(settings.watchlist),
-            LanguageDetector() if settings.detect_language else None,
-        )
+        scorer = build_scorer(settings, engine)
         await scorer.warm_up()
         try:
             async for events in stream.take_events(settings.batch_max, within=settings.batch_wait_ms / 1000):
@@ -116,8 +101,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
                 await _score_batch(scorer, events)
                 release(events)
         finally:
-            scorer.close()
-            await asyncio.shield(cache.close())
+            await asyncio.shield(scorer.close())
 
     async def _score_batch(scorer: Scorer, events: Sequence[EventT]) -> None:
         metrics.DOCS_IN.inc(len(events))

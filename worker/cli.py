@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
+from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
@@ -15,6 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from engines import Engine
 
 if TYPE_CHECKING:
     from worker.subscriptions import SubscriptionRepository
@@ -57,20 +62,13 @@ def worker(loglevel: Annotated[str, typer.Option(help="debug, info, warning")] =
     """Run the Faust worker: ingest, score, persist."""
     import faust
 
-    from engines import load_engine
     from worker.app import create_app
     from worker.topics import ensure_topics
 
     _logging(loglevel)
     settings = Settings()
     ensure_topics(settings)
-    engine = load_engine(
-        settings.model_dir,
-        settings.backend,
-        max_length=settings.max_length,
-        token_budget=settings.token_budget,
-        threads=settings.engine_threads,
-    )
+    engine = _load_engine(settings)
     err.print(f"model {engine.model_version} on {engine.backend}; namespace {settings.namespace}")
     app = create_app(settings, engine)
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()
@@ -120,17 +118,10 @@ def score(
     backend: Annotated[Optional[str], typer.Option(help="auto, torch, onnxruntime, tensorrt")] = None,
 ) -> None:
     """Score a JSONL file to JSONL on standard output, without Kafka. Rejects go to standard error."""
-    from engines import load_engine
     from worker.ingest import Rejection, decode_news_item
 
     settings = Settings()
-    engine = load_engine(
-        model or settings.model_dir,
-        backend or settings.backend,
-        max_length=settings.max_length,
-        token_budget=settings.token_budget,
-        threads=settings.engine_threads,
-    )
+    engine = _load_engine(settings, model, backend)
     items, rejected = [], 0
     for n, line in enumerate(file.read_bytes().splitlines(), 1):
         if not line.strip():
@@ -241,6 +232,70 @@ def model_tiny(out: Annotated[Path, typer.Argument(help="Directory to write")] =
 
     build_tiny_checkpoint(out)
     err.print(f"tiny checkpoint written to {out}")
+
+
+@cli.command()
+def replay(
+    start: Annotated[str, typer.Option("--from", help="Start of the range (inclusive), ISO 8601; UTC if no zone")],
+    end: Annotated[str, typer.Option("--to", help="End of the range (exclusive), ISO 8601; UTC if no zone")],
+    topic: Annotated[Optional[str], typer.Option(help="Default: <namespace>.docs")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Checkpoint to score with (default FINPULSE_MODEL_DIR)")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto, torch, onnxruntime, tensorrt")] = None,
+    webhooks: Annotated[bool, typer.Option(help="Deliver webhooks of alerts the replay fires")] = True,
+    restart: Annotated[bool, typer.Option(help="Start the range over instead of resuming")] = False,
+    max_messages: Annotated[Optional[int], typer.Option(help="Stop after this many (resume later)")] = None,
+    loglevel: Annotated[str, typer.Option(help="debug, info, warning")] = "warning",
+) -> None:
+    """Re-process [--from, --to) of a topic into the store: backfill, or re-score history with another model."""
+    from worker.replay import ReplayError
+    from worker.replay import replay as run_replay
+
+    _logging(loglevel)
+    settings = Settings()
+    engine = _load_engine(settings, model, backend)
+    err.print(f"replaying with model {engine.model_version} on {engine.backend}")
+    try:
+        report = asyncio.run(
+            run_replay(
+                settings,
+                engine,
+                start=_moment(start, "--from"),
+                end=_moment(end, "--to"),
+                topic=topic,
+                deliver_webhooks=webhooks,
+                restart=restart,
+                max_messages=max_messages,
+            )
+        )
+    except ReplayError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(report.rejected.items())) or "none"
+    state = "complete" if report.complete else "stopped early: run the same command again to resume"
+    err.print(
+        f"{state}. {report.in_range} messages in range on {report.partitions} partitions, {report.resumed_from} done"
+        f" before; read {report.read}, stored {report.stored}, not valid {rejected}. Consumer group {report.group}"
+    )
+
+
+def _moment(value: str, option: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 time such as 2026-11-28T08:00:00Z", param_hint=option) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _load_engine(settings: Settings, model: str | None = None, backend: str | None = None) -> Engine:
+    from engines import load_engine
+
+    return load_engine(
+        model or settings.model_dir,
+        backend or settings.backend,
+        max_length=settings.max_length,
+        token_budget=settings.token_budget,
+        threads=settings.engine_threads,
+    )
 
 
 @cli.command()

@@ -20,6 +20,7 @@ from worker.cache import ScoreCache
 from worker.entities import Watchlist, find_entities
 from worker.ingest import text_hash
 from worker.language import LanguageDetector, normalise_lang
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -132,5 +133,19 @@ class Scorer:
             )
         return results
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        await self.cache.close()
+
+
+def build_scorer(settings: Settings, engine: Engine) -> Scorer:
+    """The scorer as the worker and `finpulse replay` configure it: Redis cache, watchlist, language detection."""
+    cache = ScoreCache(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        ttl_s=settings.cache_ttl_s,
+        timeout_s=settings.cache_timeout_s,
+        retry_s=settings.cache_retry_s,
+    )
+    languages = LanguageDetector() if settings.detect_language else None
+    return Scorer(engine, cache, Watchlist.load(settings.watchlist), languages)

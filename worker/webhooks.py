@@ -15,6 +15,7 @@ unless `FINPULSE_WEBHOOK_ALLOW_PRIVATE=true`. Redirects are not followed, for th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -81,8 +82,8 @@ async def post_alert(
     client: httpx.AsyncClient, url: str, secret: str, alert_id: str, body: bytes, *, allow_private: bool
 ) -> DeliveryResult:
     """One attempt; never raises."""
-    try:
-        check_webhook_url(url, allow_private=allow_private)
+    try:  # the DNS lookup blocks, so it runs off the event loop
+        await asyncio.to_thread(check_webhook_url, url, allow_private=allow_private)
     except WebhookRefused as exc:
         return DeliveryResult(False, False, str(exc))
     timestamp = str(int(time.time()))

@@ -86,7 +86,7 @@ async def test_scorer_scores_each_distinct_text_once_without_a_cache(tmp_path: P
     items = [NewsItem(id=str(n), text=t) for n, t in enumerate(["Gewinn steigt", "利润下降", "Gewinn steigt"])]
     before = metrics.ENGINE_TEXTS._value.get()
     results = await scorer.score(items)
-    scorer.close()
+    await scorer.close()
     assert metrics.ENGINE_TEXTS._value.get() - before == 2
     assert [r.id for r in results] == ["0", "1", "2"]
     assert [r.cached for r in results] == [False, False, True]
