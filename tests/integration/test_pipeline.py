@@ -7,10 +7,13 @@ import json
 import threading
 import time
 
+import pytest
+from kafka import KafkaConsumer
+
 from ops import services as local_services
 from worker.samples import sample_items
 
-from .conftest import Pipeline, assert_aggregates_match_documents, wait_for
+from .conftest import KAFKA, Pipeline, assert_aggregates_match_documents, wait_for
 
 MALFORMED: list[tuple[bytes, str]] = [
     (b"\xff\xfe\x00garbage", "invalid_utf8"),
@@ -161,3 +164,26 @@ def test_postgres_stopped_mid_stream_loses_and_duplicates_nothing(pipeline: Pipe
     assert all(r["n"] == 1 for r in rows)
     assert pipeline.read("dlq", expected=0, timeout=2) == []
     assert_aggregates_match_documents(pipeline.db)
+
+
+@pytest.mark.worker_env(FINPULSE_PROCESSING_GUARANTEE="exactly_once")
+def test_exactly_once_mode_commits_its_outputs_in_kafka_transactions(pipeline: Pipeline) -> None:
+    items = sample_items(300, seed=5, prefix="x")
+    pipeline.send_items(items)
+    pipeline.send([b"{not json"], [b"bad"])
+    pipeline.wait_stored(300)
+    consumer = KafkaConsumer(
+        pipeline.settings.topic("scored"),
+        bootstrap_servers=KAFKA,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",  # sees only what the worker's transactions committed
+        consumer_timeout_ms=3000,
+    )
+    try:
+        ids = [json.loads(message.value)["id"] for message in consumer]
+    finally:
+        consumer.close()
+    assert sorted(ids) == sorted(item["id"] for item in items)
+    assert [letter["reason"] for letter in pipeline.read("dlq", expected=1)] == ["invalid_json"]
+    assert pipeline.worker.running and pipeline.db.count() == 300
