@@ -2,11 +2,13 @@
 
 Local Kafka (started if needed), SQLite, no Redis, and a tiny random-weight model
 unless FINPULSE_MODEL_DIR points at a real one. It produces multilingual items plus a
-few malformed ones, waits until the worker has stored them, and prints a summary.
+few malformed ones, waits until the worker has stored them, and prints a summary:
+documents per language, entity aggregates and the alerts one subscription fired.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -75,6 +77,7 @@ def run_demo(count: int = 210) -> int:
         namespace=env["FINPULSE_NAMESPACE"], kafka_url=env["FINPULSE_KAFKA_URL"], database_url=env["FINPULSE_DATABASE_URL"]
     )
     upgrade(settings.database_url)
+    asyncio.run(_subscribe(settings.database_url))
     ensure_topics(settings)
     log_path = DEMO_DIR / "worker.log"
     console.print(f"starting the worker (log: {log_path})")
@@ -97,6 +100,23 @@ def run_demo(count: int = 210) -> int:
         worker.terminate()
         worker.wait(30)
         _delete_topics(settings)
+
+
+async def _subscribe(database_url: str) -> None:
+    """One subscription, so the demo shows alerts: any company named 3 times within an hour."""
+    from pydantic import TypeAdapter
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from schemas.alerts import Rule, SubscriptionSpec
+    from worker.subscriptions import SubscriptionRepository
+
+    rule = TypeAdapter(Rule).validate_python({"type": "threshold", "metric": "volume", "value": 3, "min_count": 3})
+    engine = create_async_engine(database_url)
+    try:
+        spec = SubscriptionSpec(name="company in the news", key_type="entity", key="*", window_s=3600, rule=rule)
+        await SubscriptionRepository(engine).create(spec)
+    finally:
+        await engine.dispose()
 
 
 def _delete_topics(settings) -> None:  # type: ignore[no-untyped-def]
@@ -140,6 +160,12 @@ def _summary(db_path: Path) -> None:
         ("entity", "window start (UTC)", "docs", "negative", "mean score"),
         "SELECT key, substr(window_start, 1, 16), volume, count_negative, printf('%+.3f', mean_score)"
         " FROM aggregates WHERE key_type = 'entity' AND window_s = 3600 ORDER BY volume DESC, key LIMIT 8",
+    )
+    _print_query(
+        db_path,
+        "alerts fired (subscription: a company named 3+ times in an hour)",
+        ("entity", "window start (UTC)", "docs when fired", "alert id"),
+        "SELECT key, substr(window_start, 1, 16), CAST(observed AS INTEGER), substr(alert_id, 1, 12) FROM alerts ORDER BY key LIMIT 8",
     )
 
 
