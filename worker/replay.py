@@ -143,29 +143,27 @@ async def replay(
                 records = await consumer.getmany(*remaining, timeout_ms=1000, max_records=batch_size)
                 batch, next_offsets = [], {}
                 for tp, messages in records.items():
-                    messages = [m for m in messages if m.offset < remaining.get(tp, -1)]
-                    if max_messages is not None:
-                        messages = messages[: max_messages - report.read - len(batch)]
-                    if messages:
-                        batch.extend(messages)
-                        next_offsets[tp] = messages[-1].offset + 1
-                if not batch:
-                    for tp in list(remaining):  # nothing more to read below the range's end
-                        if await consumer.position(tp) >= remaining[tp]:
-                            del remaining[tp]
-                    continue
-                await _process(settings, scorer, store, subscriptions, producer, batch, start, end, deliver_webhooks, report)
-                await consumer.commit(next_offsets)
-                report.read += len(batch)
-                bar.update(len(batch))
-                for tp, offset in next_offsets.items():
-                    if offset >= remaining[tp]:
+                    in_range = [m for m in messages if m.offset < remaining[tp]]
+                    room = len(in_range) if max_messages is None else max_messages - report.read - len(batch)
+                    kept = in_range[: max(room, 0)]
+                    batch.extend(kept)
+                    if len(kept) < len(in_range):  # prefetched past --max-messages: come back to it next run
+                        consumer.seek(tp, in_range[len(kept)].offset)
+                    if kept:
+                        next_offsets[tp] = kept[-1].offset + 1
+                if batch:
+                    await _process(settings, scorer, store, subscriptions, producer, batch, start, end, deliver_webhooks, report)
+                    await consumer.commit(next_offsets)  # only now: the batch is durably in SQL
+                    report.read += len(batch)
+                    bar.update(len(batch))
+                    for tp, offset in next_offsets.items():
+                        consumer.seek(tp, offset)  # past what was processed, not what was prefetched
+                    await outbox.publish_pending()
+                    if deliver_webhooks:
+                        await outbox.deliver_due()
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= remaining[tp]:
                         del remaining[tp]
-                    else:
-                        consumer.seek(tp, offset)
-                await outbox.publish_pending()
-                if deliver_webhooks:
-                    await outbox.deliver_due()
         report.complete = not remaining
     finally:
         await scorer.close()
