@@ -23,3 +23,8 @@ class WindowAggregate(BaseModel):
     volume: int
     score_sum: float
     mean_score: float = Field(description="Mean of P(positive) - P(negative)")
+
+    @property
+    def message_key(self) -> bytes:
+        """Kafka key on `<namespace>.aggregates`: one key's updates stay in order on one partition."""
+        return f"{self.key_type}:{self.key}".encode()

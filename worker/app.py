@@ -164,10 +164,8 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
             max_s=settings.store_retry_max_s,
             subscriptions=subscriptions.current,
         )
-        # Keyed by key type and key, so one key's updates stay in order on one partition.
         for aggregate in updated:
-            key = f"{aggregate.key_type}:{aggregate.key}".encode()
-            await aggregates.send(key=key, value=aggregate.model_dump_json().encode())
+            await aggregates.send(key=aggregate.message_key, value=aggregate.model_dump_json().encode())
 
     @app.task
     async def send_alerts() -> None:

@@ -226,6 +226,5 @@ async def _process(
     )
     report.stored += len(items) - len(refused)
     for aggregate in aggregates:
-        key = f"{aggregate.key_type}:{aggregate.key}".encode()
-        await producer.send(settings.topic("aggregates"), aggregate.model_dump_json().encode(), key=key)
+        await producer.send(settings.topic("aggregates"), aggregate.model_dump_json().encode(), key=aggregate.message_key)
     await producer.flush()
