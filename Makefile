@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.finpulse-installed
 
-.PHONY: install services services-down demo test test-unit test-integration lock clean
+.PHONY: install services services-down demo test test-unit test-integration test-faults lock clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ test-unit: install
 
 test-integration: install services
 	$(PY) -m pytest tests/integration
+
+# Fault injection (docs/reliability.md), ~10 min: runs its own Kafka/Redis/PostgreSQL on ports
+# 19092/16379/15432 because it kills and restarts them; `make test` skips it.
+test-faults: install
+	FINPULSE_FAULTS=1 $(PY) -m pytest tests/faults -p no:cacheprovider
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock:
