@@ -50,6 +50,16 @@ VARIANTS: dict[str, Callable[..., Engine]] = {
 }
 
 
+def make_variant(name: str, model_dir: Path, **options: object) -> Engine:
+    """An engine for a key of VARIANTS, or for "onnxruntime:FILE": ONNX Runtime on another export of
+    the same weights (FILE relative to model_dir or absolute), to compare quantisation variants."""
+    if name.startswith("onnxruntime:"):
+        from engines.onnx_backend import OnnxEngine
+
+        return OnnxEngine(model_dir, onnx_file=name.split(":", 1)[1], **options)  # type: ignore[arg-type]
+    return VARIANTS[name](model_dir, **options)
+
+
 def bench_backends(
     model_dir: str | Path,
     texts: Sequence[str],
@@ -68,11 +78,11 @@ def bench_backends(
     variants share cached scores. Repeats go round-robin over the variants, so that load
     from other processes that comes and goes during the run weighs on all of them alike.
     """
-    unknown = [name for name in backends if name not in VARIANTS]
+    unknown = [name for name in backends if name not in VARIANTS and not name.startswith("onnxruntime:")]
     if unknown or not backends or repeats < 1:
         raise ValueError(f"backends must be a non-empty subset of {sorted(VARIANTS)} and repeats >= 1; got {backends}")
     engines = {
-        name: VARIANTS[name](Path(model_dir), max_length=max_length, token_budget=token_budget, threads=threads)
+        name: make_variant(name, Path(model_dir), max_length=max_length, token_budget=token_budget, threads=threads)
         for name in backends
     }
     for engine in engines.values():

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from engines.batching import sha256_file
+from engines.batching import Batcher, sha256_file
 from engines.onnx_backend import (
     INPUT_NAMES,
     INT8_NAME,
@@ -144,22 +144,43 @@ def export_onnx(
     return out_path
 
 
-def _fuse_bert(onnx_path: Path, metadata: dict[str, str]) -> onnx.ModelProto:
-    """ONNX Runtime's BERT fusions (contrib ops: ONNX Runtime only); counts logged so a graph that stopped fusing shows."""
+def _fuse_bert(
+    onnx_path: Path, metadata: dict[str, str], *, attention: bool = True, gelu_approximation: bool = False
+) -> onnx.ModelProto:
+    """ONNX Runtime's BERT fusions (contrib ops: ONNX Runtime only); counts logged so a graph that stopped fusing shows.
+
+    attention=False leaves each layer's attention as plain MatMul/Softmax ops (the other fusions
+    still apply), which static quantisation can reach: it has no int8 form of the fused op.
+    gelu_approximation swaps the erf GELU for its tanh approximation (FastGelu).
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions("bert")
+    options.enable_attention = attention
+    options.enable_gelu_approximation = gelu_approximation
     optimized = optimize_model(
         str(onnx_path),
         model_type="bert",
         num_heads=int(metadata.get(_HEADS_KEY, 0)),  # 0: read off the graph
         hidden_size=int(metadata.get(_HIDDEN_KEY, 0)),
+        optimization_options=options,
     )
     fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     log.info("ONNX Runtime fusions: %s", fused)
     return optimized.model
 
 
-def quantize_int8(onnx_path: str | Path, out_path: str | Path | None = None, *, attention: bool = True) -> Path:
+def quantize_int8(
+    onnx_path: str | Path,
+    out_path: str | Path | None = None,
+    *,
+    attention: bool = True,
+    gelu_approximation: bool = False,
+    per_channel: bool = True,
+    reduce_range: bool = True,
+    quantize_heads: bool = False,
+) -> Path:
     """Fuse for ONNX Runtime, then quantise weights to int8 dynamically (default: model.int8.onnx beside onnx_path).
 
     MatMul and the fused Attention (its QKV projection) are quantised: they hold nearly all of
@@ -184,14 +205,17 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path | None = None, *, 
     tmp = _temp_beside(out_path)
     fused = _temp_beside(out_path.with_name(out_path.name + ".fused"))
     try:
-        onnx.save(_fuse_bert(onnx_path, metadata), fused)
+        fused_model = _fuse_bert(onnx_path, metadata, gelu_approximation=gelu_approximation)
+        onnx.save(fused_model, fused)
         quantize_dynamic(
             fused,
             tmp,
             weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=True,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
             op_types_to_quantize=["MatMul", "Attention"] if attention else ["MatMul"],
+            # The fusion turns the heads' Gemm into MatMul + Add, which would be quantised too.
+            nodes_to_exclude=[] if quantize_heads else [n + suffix for n in _head_nodes(fused_model) for suffix in ("", "_MatMul")],
             # The fused BERT ops come from ONNX Runtime's contrib domain, whose outputs ONNX
             # shape inference cannot type; they are all float.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -204,6 +228,144 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path | None = None, *, 
         tmp.unlink(missing_ok=True)
         fused.unlink(missing_ok=True)
     return out_path
+
+
+STATIC_SUFFIX = "-int8-static"
+INT8_MODE_KEY = "finpulse.int8_mode"
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def quantize_int8_static(
+    onnx_path: str | Path,
+    calibration_texts: Sequence[str],
+    out_path: str | Path | None = None,
+    *,
+    method: str = "minmax",
+    fuse_attention: bool = False,
+    per_channel: bool = True,
+    reduce_range: bool = True,
+    qdq: bool = True,
+    max_length: int = 128,
+    batch_rows: int = 16,
+    extra_options: dict[str, object] | None = None,
+) -> Path:
+    """Static (calibrated) int8: activation ranges measured once on calibration_texts, not per call.
+
+    The checkpoint's tokenizer (in onnx_path's directory) encodes the texts the way the
+    backends do; batches of batch_rows padded rows feed ONNX Runtime's calibrator (method
+    minmax, entropy or percentile). Weights are int8 per channel with reduce_range (7 bits) for
+    the reason given in quantize_int8; activations are uint8. ONNX Runtime has no static
+    int8 form of its fused Attention, so fuse_attention=False (default) leaves attention as
+    MatMuls that get quantised (the QKV projections and both attention products), while True
+    keeps the fused Attention in fp32. qdq=True writes QuantizeLinear/DequantizeLinear pairs,
+    which ONNX Runtime's CPU provider fuses into int8 kernels when the session is created;
+    False writes QLinearMatMul-style operators directly. The pooler and the heads stay fp32.
+    Scores differ from fp32 and from dynamic int8, so the file carries "<version>-int8-static".
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    texts = [t for t in calibration_texts if t.strip()]
+    if not texts:
+        raise ValueError("static int8 needs calibration texts")
+    onnx_path = Path(onnx_path)
+    out_path = Path(out_path) if out_path else onnx_path.with_name(INT8_NAME)
+    metadata = read_metadata(onnx_path)
+    if VERSION_KEY not in metadata:
+        raise ValueError(f"{onnx_path}: no finpulse version metadata; export it with export_onnx")
+    batcher = Batcher.for_checkpoint(onnx_path.parent, max_length=max_length, token_budget=max_length * batch_rows)
+    encoded = batcher.encode(texts)
+    feeds = [onnx_feeds(*batcher.pad(encoded[i : i + batch_rows])) for i in range(0, len(encoded), batch_rows)]
+    fused_model = _with_types(_fuse_bert(onnx_path, metadata, attention=fuse_attention))
+    # Leave the pooler and both heads fp32 (see quantize_int8): they are the graph's Gemm nodes
+    # and the MatMuls fed by the pooled [CLS] vector, found as every node downstream of the
+    # first Gather/Slice that picks the [CLS] row.
+    exclude = _head_nodes(fused_model)
+    tmp = _temp_beside(out_path)
+    fused = _temp_beside(out_path.with_name(out_path.name + ".fused"))
+    try:
+        onnx.save(fused_model, fused)
+        quantize_static(
+            fused,
+            tmp,
+            _Feeds(feeds),
+            quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+            op_types_to_quantize=["MatMul"],
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[method],
+            extra_options={
+                "DefaultTensorType": onnx.TensorProto.FLOAT,
+                "MatMulConstBOnly": False,
+                **(extra_options or {}),
+            },
+        )
+        model = onnx.load(tmp)
+        _set_metadata(model, {**metadata, VERSION_KEY: metadata[VERSION_KEY] + STATIC_SUFFIX, INT8_MODE_KEY: "static"})
+        onnx.save(model, tmp)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        fused.unlink(missing_ok=True)
+        for stale in out_path.parent.glob(f"{fused.name}*"):  # the calibrator's augmented copies
+            stale.unlink(missing_ok=True)
+    return out_path
+
+
+def _with_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every intermediate tensor typed: the static quantiser skips tensors it cannot type,
+    and ONNX's own shape inference does not know the contrib ops (SkipLayerNormalization, BiasGelu)."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+
+
+class _Feeds:
+    """ONNX Runtime's CalibrationDataReader protocol over prepared input dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+        self._next = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._next, None)
+
+    def rewind(self) -> None:
+        self._next = iter(self._feeds)
+
+
+def _head_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes after the encoder: the [CLS] pick, the pooler and the heads."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+    # Walk back from the outputs to the first 3-D -> 2-D reduction: everything passed belongs to the heads.
+    producers = {out: node for node in model.graph.node for out in node.output}
+    heads: list[str] = []
+    stack = list(outputs)
+    seen: set[str] = set()
+    while stack:
+        tensor = stack.pop()
+        node = producers.get(tensor)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        heads.append(node.name)
+        if node.op_type in ("Gather", "Slice", "Squeeze"):
+            continue  # the [CLS] pick: what feeds it is the encoder
+        stack.extend(node.input)
+    return heads
 
 
 def build_tensorrt_engine(

@@ -42,13 +42,18 @@ class OnnxEngine:
         token_budget: int = 8192,
         threads: int | None = None,
         quantized: bool | None = None,
+        onnx_file: str | Path | None = None,
     ) -> None:
-        """quantized: None = model.int8.onnx when present, else model.onnx; True/False force one."""
+        """quantized: None = model.int8.onnx when present, else model.onnx; True/False force one.
+        onnx_file: another ONNX export of these weights (relative to model_dir or absolute), e.g. a
+        quantisation variant being compared; it overrides quantized."""
         model_dir = Path(model_dir)
         self.max_length = max_length
         self.token_budget = token_budget
         self.batcher = Batcher.for_checkpoint(model_dir, max_length=max_length, token_budget=token_budget)
-        self.onnx_path = _pick_model(model_dir, quantized)
+        self.onnx_path = model_dir / onnx_file if onnx_file is not None else _pick_model(model_dir, quantized)
+        if not self.onnx_path.is_file():
+            raise FileNotFoundError(f"{self.onnx_path} not found")
         self.session = create_session(self.onnx_path, threads=threads)
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.model_version = checked_version(metadata, self.onnx_path, model_dir)

@@ -3,6 +3,8 @@
     python -m engines.quality split --data ../shared/data --out /tmp/fq   # train.jsonl, dev.jsonl
     python -m engines.quality baseline --split /tmp/fq                     # TF-IDF + LR on the same split
     python -m engines.quality compare --model DIR --data FILE               # backends: docs/s and macro-F1
+        [--backends torch,onnxruntime-int8,onnxruntime:other.int8.onnx]      # any exports of the same weights
+    python -m engines.quality calibration --data FILE --out C.jsonl        # training-side texts for static int8
     python -m engines.quality plot --model-eval DIR/eval.json --baseline B --out PNG
 
 The split pools the financial sentiment sets, the 8-language tweets and MultiFin's topics,
@@ -76,16 +78,34 @@ def baseline(split_dir: Path) -> dict[str, Any]:
     return evaluate(gold, pred, [r.lang for r in dev])
 
 
-def compare(model_dir: Path, rows: Sequence[Example], backends: Sequence[str], *, threads: int, repeats: int) -> dict[str, Any]:
-    """Speed and quality of each backend on the same held-out rows, in one process."""
+def compare(
+    model_dir: Path,
+    rows: Sequence[Example],
+    backends: Sequence[str],
+    *,
+    threads: int,
+    repeats: int,
+    token_budget: int = 8192,
+    max_length: int = 128,
+) -> dict[str, Any]:
+    """Speed and quality of each backend on the same held-out rows, in one process.
+
+    backends are keys of engines.bench.VARIANTS or "onnxruntime:FILE" (another ONNX export in
+    model_dir). Repeats go round-robin so that background load weighs on every backend alike;
+    docs_per_s is from the median repeat, and spread (slowest / fastest repeat - 1) shows the
+    noise. speedup and *_f1_change_points are against the first backend.
+    """
     import statistics
     import time
 
-    from engines.bench import VARIANTS
+    from engines.bench import make_variant
 
     texts = [r.text for r in rows]
     results: dict[str, Any] = {}
-    engines = {name: VARIANTS[name](model_dir, max_length=128, token_budget=8192, threads=threads) for name in backends}
+    engines = {
+        name: make_variant(name, model_dir, max_length=max_length, token_budget=token_budget, threads=threads)
+        for name in backends
+    }
     for engine in engines.values():
         engine.predict(texts[:64])
     timings: dict[str, list[float]] = {name: [] for name in backends}
@@ -95,8 +115,8 @@ def compare(model_dir: Path, rows: Sequence[Example], backends: Sequence[str], *
             start = time.perf_counter()
             predictions[name] = engine.predict(texts)
             timings[name].append(time.perf_counter() - start)
+    heads = [h for h in ("sentiment", "topic") if any(getattr(r, h) for r in rows)]
     for name in backends:
-        heads = [h for h in ("sentiment", "topic") if any(getattr(r, h) for r in rows)]
         report = evaluate(
             {h: [getattr(r, h) for r in rows] for h in heads},
             {h: [getattr(p, h).label for p in predictions[name]] for h in heads},
@@ -106,12 +126,16 @@ def compare(model_dir: Path, rows: Sequence[Example], backends: Sequence[str], *
         results[name] = {
             "model_version": engines[name].model_version,
             "docs_per_s": len(texts) / seconds,
+            "seconds": timings[name],
+            "spread": max(timings[name]) / min(timings[name]) - 1,
             **{f"{h}_macro_f1": report[h]["all"]["macro_f1"] for h in heads},
             **{f"{h}_accuracy": report[h]["all"]["accuracy"] for h in heads},
         }
     first = results[backends[0]]
     for r in results.values():
         r["speedup"] = r["docs_per_s"] / first["docs_per_s"]
+        for h in heads:
+            r[f"{h}_f1_change_points"] = 100 * (r[f"{h}_macro_f1"] - first[f"{h}_macro_f1"])
     return results
 
 
@@ -162,7 +186,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     comp.add_argument("--backends", default="torch,onnxruntime,onnxruntime-int8")
     comp.add_argument("--threads", type=int, default=2)
     comp.add_argument("--repeats", type=int, default=3)
+    comp.add_argument("--token-budget", type=int, default=8192, help="padded tokens per batch, every backend")
     comp.add_argument("--out", type=Path)
+    sample = commands.add_parser("calibration", help="texts for static int8 calibration, from the training side only")
+    sample.add_argument("--data", type=Path, required=True, help="JSONL rows")
+    sample.add_argument("--sentiment-field", default="sentiment")
+    sample.add_argument("--topic-field", default="topic")
+    sample.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE")
+    sample.add_argument("--holdout-fraction", type=float, help="leave out the held-out share `finpulse train` kept")
+    sample.add_argument("--seed", type=int, default=42)
+    sample.add_argument("-n", type=int, default=200)
+    sample.add_argument("--out", type=Path, required=True)
     fig = commands.add_parser("plot", help="per-language macro-F1 of a model's eval.json beside the baseline's")
     fig.add_argument("--model-eval", type=Path, required=True)
     fig.add_argument("--baseline", type=Path, required=True)
@@ -171,16 +205,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "plot":
         load = lambda p: json.loads(p.read_text(encoding="utf-8"))  # noqa: E731
         plot_by_language(load(args.model_eval), load(args.baseline), args.out)
-    elif args.command == "compare":
+    elif args.command in ("compare", "calibration"):
         where: dict[str, list[str]] = {}
         for pair in args.where:
             key, _, value = pair.partition("=")
             where.setdefault(key, []).append(value)
         fields = Fields(sentiment=args.sentiment_field or None, topic=args.topic_field or None)
         rows = load_examples([args.data], fields=fields, where=where or None)
+        if args.command == "calibration":
+            if args.holdout_fraction:
+                rows = split_holdout(rows, fraction=args.holdout_fraction, seed=args.seed)[0]
+            picked = random.Random(args.seed).sample(rows, min(args.n, len(rows)))
+            print(f"{_write(args.out, picked)} calibration rows (of {len(rows)}) -> {args.out}")
+            return
         if args.holdout_fraction:
             rows = split_holdout(rows, fraction=args.holdout_fraction, seed=args.seed)[1]
-        results = compare(args.model, rows, args.backends.split(","), threads=args.threads, repeats=args.repeats)
+        results = compare(
+            args.model, rows, args.backends.split(","), threads=args.threads, repeats=args.repeats,
+            token_budget=args.token_budget,
+        )
         print(json.dumps(results, indent=2))
         if args.out:
             args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")

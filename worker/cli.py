@@ -63,6 +63,7 @@ def worker(loglevel: Annotated[str, typer.Option(help="debug, info, warning")] =
     import faust
 
     from worker.app import create_app
+    from worker.logfilter import Throttle
     from worker.topics import ensure_topics
 
     _logging(loglevel)
@@ -71,6 +72,7 @@ def worker(loglevel: Annotated[str, typer.Option(help="debug, info, warning")] =
     engine = _load_engine(settings)
     err.print(f"model {engine.model_version} on {engine.backend}; namespace {settings.namespace}")
     app = create_app(settings, engine)
+    logging.getLogger("aiokafka").addFilter(Throttle(every_s=10))  # reconnect errors while a broker is down
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()
 
 
@@ -167,21 +169,44 @@ def export(
     to: Annotated[list[str], typer.Option(help="onnx, onnx-int8, tensorrt (repeatable)")] = ["onnx", "onnx-int8"],
     fp16: Annotated[bool, typer.Option(help="TensorRT: build an fp16 engine")] = True,
     int8_attention: Annotated[
-        bool, typer.Option(help="int8: quantise the attention projections too (faster; more drift)")
+        bool, typer.Option(help="dynamic int8: quantise the attention projections too (faster; more drift)")
     ] = True,
+    int8_mode: Annotated[
+        str, typer.Option(help="dynamic (activation ranges per call) or static (calibrated once on --calibration)")
+    ] = "dynamic",
+    calibration: Annotated[
+        Optional[Path], typer.Option(exists=True, dir_okay=False, help="static int8: JSONL with a `text` field")
+    ] = None,
+    calibration_size: Annotated[int, typer.Option(help="static int8: texts drawn (seeded) from --calibration")] = 200,
+    calibration_method: Annotated[str, typer.Option(help="static int8: minmax, entropy or percentile")] = "minmax",
 ) -> None:
     """Compile a checkpoint: ONNX (checked against PyTorch), int8 ONNX for CPUs, a TensorRT engine for GPUs."""
-    from engines.export import build_tensorrt_engine, export_onnx, quantize_int8
+    from engines.export import build_tensorrt_engine, export_onnx, quantize_int8, quantize_int8_static
 
     unknown = set(to) - {"onnx", "onnx-int8", "tensorrt"}
     if unknown:
         raise typer.BadParameter(f"unknown target(s) {sorted(unknown)}; use onnx, onnx-int8, tensorrt", param_hint="--to")
+    if int8_mode not in ("dynamic", "static"):
+        raise typer.BadParameter("use dynamic or static", param_hint="--int8-mode")
+    texts: list[str] = []
+    if "onnx-int8" in to and int8_mode == "static":
+        if calibration is None:
+            raise typer.BadParameter("static int8 needs --calibration FILE (JSONL, `text`)", param_hint="--calibration")
+        import random
+
+        lines = [json.loads(line) for line in calibration.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [row["text"] for row in lines if isinstance(row, dict) and isinstance(row.get("text"), str)]
+        texts = random.Random(0).sample(texts, min(calibration_size, len(texts)))
     onnx_path = model / "model.onnx"
     if "onnx" in to or not onnx_path.exists():
         onnx_path = export_onnx(model)
         err.print(f"ONNX: {onnx_path} (matches PyTorch within tolerance)")
     if "onnx-int8" in to:
-        err.print(f"int8 ONNX: {quantize_int8(onnx_path, attention=int8_attention)}")
+        if int8_mode == "static":
+            out = quantize_int8_static(onnx_path, texts, method=calibration_method)
+            err.print(f"static int8 ONNX ({len(texts)} calibration texts): {out}")
+        else:
+            err.print(f"int8 ONNX: {quantize_int8(onnx_path, attention=int8_attention)}")
     if "tensorrt" in to:
         err.print(f"TensorRT engine: {build_tensorrt_engine(onnx_path, fp16=fp16)}")
 
