@@ -77,6 +77,10 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         producer_acks=-1,
         processing_guarantee=settings.processing_guarantee,
         broker_commit_interval=1.0,
+        # Faust's defaults (60 s) leave a dead worker's partitions idle for a minute;
+        # the model runs in a thread, so the event loop heart-beats in time at 20 s.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_in_thread=False,

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
         "at_least_once", description="Faust processing guarantee for the Kafka outputs"
     )
     topic_partitions: int = Field(4, ge=1, description="Partitions for topics the worker creates")
+    session_timeout_s: float = Field(
+        20.0, ge=6, le=1800, description="Kafka drops a worker that sent no heartbeat this long; its partitions move on"
+    )
+    rebalance_timeout_s: float = Field(30.0, ge=1, description="Time workers get to rejoin the group in a rebalance, s")
 
     watchlist: str | None = Field(None, description="YAML watchlist of tickers and aliases (default: the bundled example)")
     detect_language: bool = Field(True, description="Detect the language of items that carry no `lang` (lingua)")
