@@ -182,11 +182,15 @@ async def evaluate(
         (a["window_s"], epoch_seconds(a["window_start"]), a["key_type"], a["key"], a["model_version"]): a
         for a in aggregates
     }
+    by_window: dict[tuple[int, str], list[Subscription]] = {}  # so a batch's windows meet only their subscriptions
+    for sub in subscriptions:
+        if not isinstance(sub.rule, InstantRule):
+            by_window.setdefault((sub.window_s, sub.key_type), []).append(sub)
     candidates: list[tuple[Subscription, dict[str, Any]]] = []
     for window, aggregate in windows.items():
         window_s, _, key_type, key, _ = window
-        for sub in subscriptions:
-            if sub.window_s != window_s or not watches(sub, key_type, key):
+        for sub in by_window.get((window_s, key_type), ()):
+            if not watches(sub, key_type, key):
                 continue
             rule = sub.rule
             common = {"now": now, "deliver_webhooks": deliver_webhooks, "volume": aggregate["volume"]}
