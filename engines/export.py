@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 # frozen shape) differs by whole units.
 EXPORT_ATOL = 1e-4
 INT8_SUFFIX = "-int8"
+INT8_MODE_KEY = "finpulse.int8_mode"
+_REDUCE_RANGE_KEY = "finpulse.int8_reduce_range"
 _HEADS_KEY = "finpulse.num_attention_heads"
 _HIDDEN_KEY = "finpulse.hidden_size"
 FP16_SUFFIX = "-fp16"
@@ -178,60 +180,101 @@ def quantize_int8(
     attention: bool = True,
     gelu_approximation: bool = False,
     per_channel: bool = True,
-    reduce_range: bool = True,
+    reduce_range: bool | None = None,
     quantize_heads: bool = False,
+    check_texts: Sequence[str] | None = None,
 ) -> Path:
     """Fuse for ONNX Runtime, then quantise weights to int8 dynamically (default: model.int8.onnx beside onnx_path).
 
     MatMul and the fused Attention (its QKV projection) are quantised: they hold nearly all of
     BERT's compute. attention=False keeps Attention fp32: slower, closer to fp32 (docs/model-quality.md
-    measures both). Gather (the embedding tables) would shrink the file but costs accuracy and no time, and the
-    pooler and the two heads (Gemm) stay fp32 because rounding the last layers moves the
-    probabilities most. Weights are per output channel with a 7-bit range (reduce_range): x86
-    CPUs without VNNI multiply uint8 activations by int8 weights in saturating 16-bit pairs,
-    which full-range per-channel weights overflow. Measured here (AVX2, no VNNI): on MiniLM-L6
-    the mean probability shift is 0.008 against 0.014 per tensor; on the tiny test model
-    full-range per-channel kept only 63 % of topic labels against 93 % with reduce_range.
+    measures both). Gather (the embedding tables) would shrink the file but costs accuracy and
+    no time, and the pooler and the two heads stay fp32 (quantize_heads=False) because rounding
+    the last layers moves the probabilities most; the quantiser turns their Gemm into MatMul +
+    Add first, so they are excluded under both names. Weights are int8 per output channel.
+
+    reduce_range: True quantises weights to 7 bits, False to the full 8. x86 CPUs without VNNI
+    (AVX2) multiply uint8 activations by int8 weights in saturating 16-bit pairs, which
+    full-range weights can overflow; with VNNI (or AVX-512 VNNI/AMX) the products are summed in
+    32 bits and 8 bits are simply more precise. Which wins on an AVX2 CPU depends on the model's
+    weights and activations: on the fine-tuned MiniLM-L6 full range changed 4 of 689 labels
+    against 11 (docs/model-quality.md), on the tiny test model (25x BERT's weight scale) it
+    kept only 56-93 % of topic labels against 89-96 %. None (default) builds both and keeps
+    the one whose probabilities stay closer to the fp32 ONNX model's on check_texts (default:
+    the export's verification texts) on this machine's kernels; both figures are logged.
     Scores differ from fp32, so the file carries "<version>-int8".
     """
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     onnx_path = Path(onnx_path)
     out_path = Path(out_path) if out_path else onnx_path.with_name(INT8_NAME)
     metadata = read_metadata(onnx_path)
     if VERSION_KEY not in metadata:
         raise ValueError(f"{onnx_path}: no finpulse version metadata; export it with export_onnx")
-    tmp = _temp_beside(out_path)
     fused = _temp_beside(out_path.with_name(out_path.name + ".fused"))
+    candidates = {choice: _temp_beside(out_path.with_name(f"{out_path.name}.rr{int(choice)}"))
+                  for choice in ((True, False) if reduce_range is None else (reduce_range,))}
     try:
         fused_model = _fuse_bert(onnx_path, metadata, gelu_approximation=gelu_approximation)
         onnx.save(fused_model, fused)
-        quantize_dynamic(
-            fused,
-            tmp,
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            op_types_to_quantize=["MatMul", "Attention"] if attention else ["MatMul"],
-            # The fusion turns the heads' Gemm into MatMul + Add, which would be quantised too.
-            nodes_to_exclude=[] if quantize_heads else [n + suffix for n in _head_nodes(fused_model) for suffix in ("", "_MatMul")],
-            # The fused BERT ops come from ONNX Runtime's contrib domain, whose outputs ONNX
-            # shape inference cannot type; they are all float.
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-        model = onnx.load(tmp)
-        _set_metadata(model, {**metadata, VERSION_KEY: metadata[VERSION_KEY] + INT8_SUFFIX})
-        onnx.save(model, tmp)
-        os.replace(tmp, out_path)
+        exclude = [] if quantize_heads else [n + suffix for n in _head_nodes(fused_model) for suffix in ("", "_MatMul")]
+        for choice, path in candidates.items():
+            _quantize_dynamic(fused, path, metadata, attention=attention, per_channel=per_channel,
+                              reduce_range=choice, exclude=exclude)
+        if len(candidates) > 1:
+            shifts = {c: _mean_prob_shift(onnx_path, path, check_texts or _VERIFY_TEXTS) for c, path in candidates.items()}
+            choice = min(shifts, key=shifts.get)  # type: ignore[arg-type]
+            log.info("int8 mean |probability shift| vs fp32: 7-bit weights %.4f, 8-bit %.4f; keeping %s",
+                     shifts[True], shifts[False], "7-bit" if choice else "8-bit")
+        else:
+            [choice] = candidates
+        os.replace(candidates[choice], out_path)
     finally:
-        tmp.unlink(missing_ok=True)
         fused.unlink(missing_ok=True)
+        for path in candidates.values():
+            path.unlink(missing_ok=True)
     return out_path
 
 
+def _quantize_dynamic(
+    fused: Path, out: Path, metadata: dict[str, str], *, attention: bool, per_channel: bool, reduce_range: bool,
+    exclude: list[str],
+) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        fused,
+        out,
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        op_types_to_quantize=["MatMul", "Attention"] if attention else ["MatMul"],
+        nodes_to_exclude=exclude,
+        # The fused BERT ops come from ONNX Runtime's contrib domain, whose outputs ONNX
+        # shape inference cannot type; they are all float.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    model = onnx.load(out)
+    _set_metadata(model, {
+        **metadata, VERSION_KEY: metadata[VERSION_KEY] + INT8_SUFFIX, INT8_MODE_KEY: "dynamic",
+        _REDUCE_RANGE_KEY: str(reduce_range).lower(),
+    })
+    onnx.save(model, out)
+
+
+def _mean_prob_shift(reference: Path, candidate: Path, texts: Sequence[str]) -> float:
+    from engines.onnx_backend import OnnxEngine
+
+    texts = list(texts)
+    ref = OnnxEngine(reference.parent, onnx_file=reference.resolve(), threads=None).predict(texts)
+    got = OnnxEngine(reference.parent, onnx_file=candidate.resolve(), threads=None).predict(texts)
+    diffs = [abs(x.probs[k] - y.probs[k]) for a, b in zip(ref, got)
+             for x, y in ((a.sentiment, b.sentiment), (a.topic, b.topic)) for k in x.probs]
+    return float(np.mean(diffs))
+
+
 STATIC_SUFFIX = "-int8-static"
-INT8_MODE_KEY = "finpulse.int8_mode"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -278,6 +321,14 @@ def quantize_int8_static(
     batcher = Batcher.for_checkpoint(onnx_path.parent, max_length=max_length, token_budget=max_length * batch_rows)
     encoded = batcher.encode(texts)
     feeds = [onnx_feeds(*batcher.pad(encoded[i : i + batch_rows])) for i in range(0, len(encoded), batch_rows)]
+    if method != "minmax":  # the histogram collectors need one shape across batches: full batches, one width
+        feeds = [f for f in feeds if len(f["input_ids"]) == batch_rows] or feeds[:1]
+        width = max(f["input_ids"].shape[1] for f in feeds)
+        feeds = [
+            {k: np.pad(v, ((0, 0), (0, width - v.shape[1])), constant_values=batcher.tokenizer.pad_token_id * (k == "input_ids"))
+             for k, v in f.items()}
+            for f in feeds
+        ]
     fused_model = _with_types(_fuse_bert(onnx_path, metadata, attention=fuse_attention))
     # Leave the pooler and both heads fp32 (see quantize_int8): they are the graph's Gemm nodes
     # and the MatMuls fed by the pooled [CLS] vector, found as every node downstream of the
@@ -310,7 +361,10 @@ def quantize_int8_static(
             },
         )
         model = onnx.load(tmp)
-        _set_metadata(model, {**metadata, VERSION_KEY: metadata[VERSION_KEY] + STATIC_SUFFIX, INT8_MODE_KEY: "static"})
+        _set_metadata(model, {
+            **metadata, VERSION_KEY: metadata[VERSION_KEY] + STATIC_SUFFIX, INT8_MODE_KEY: "static",
+            _REDUCE_RANGE_KEY: str(reduce_range).lower(),
+        })
         onnx.save(model, tmp)
         os.replace(tmp, out_path)
     finally:

@@ -132,10 +132,12 @@ def compare(
             **{f"{h}_accuracy": report[h]["all"]["accuracy"] for h in heads},
         }
     first = results[backends[0]]
-    for r in results.values():
+    for name, r in results.items():
         r["speedup"] = r["docs_per_s"] / first["docs_per_s"]
         for h in heads:
             r[f"{h}_f1_change_points"] = 100 * (r[f"{h}_macro_f1"] - first[f"{h}_macro_f1"])
+            pairs = zip(predictions[name], predictions[backends[0]])
+            r[f"{h}_labels_changed"] = sum(getattr(a, h).label != getattr(b, h).label for a, b in pairs)
     return results
 
 

@@ -175,10 +175,19 @@ def export(
         str, typer.Option(help="dynamic (activation ranges per call) or static (calibrated once on --calibration)")
     ] = "dynamic",
     calibration: Annotated[
-        Optional[Path], typer.Option(exists=True, dir_okay=False, help="static int8: JSONL with a `text` field")
+        Optional[Path],
+        typer.Option(
+            exists=True, dir_okay=False,
+            help="JSONL with a `text` field, training-side texts: static int8 calibrates on them; dynamic int8 "
+            "picks 7- or 8-bit weights by the probability shift on them",
+        ),
     ] = None,
-    calibration_size: Annotated[int, typer.Option(help="static int8: texts drawn (seeded) from --calibration")] = 200,
+    calibration_size: Annotated[int, typer.Option(help="texts drawn (seeded) from --calibration")] = 200,
     calibration_method: Annotated[str, typer.Option(help="static int8: minmax, entropy or percentile")] = "minmax",
+    int8_reduce_range: Annotated[
+        Optional[bool],
+        typer.Option(help="7-bit (--int8-reduce-range) or 8-bit weights; default: dynamic picks the closer to fp32, static 7-bit"),
+    ] = None,
 ) -> None:
     """Compile a checkpoint: ONNX (checked against PyTorch), int8 ONNX for CPUs, a TensorRT engine for GPUs."""
     from engines.export import build_tensorrt_engine, export_onnx, quantize_int8, quantize_int8_static
@@ -189,9 +198,9 @@ def export(
     if int8_mode not in ("dynamic", "static"):
         raise typer.BadParameter("use dynamic or static", param_hint="--int8-mode")
     texts: list[str] = []
-    if "onnx-int8" in to and int8_mode == "static":
-        if calibration is None:
-            raise typer.BadParameter("static int8 needs --calibration FILE (JSONL, `text`)", param_hint="--calibration")
+    if "onnx-int8" in to and int8_mode == "static" and calibration is None:
+        raise typer.BadParameter("static int8 needs --calibration FILE (JSONL, `text`)", param_hint="--calibration")
+    if "onnx-int8" in to and calibration is not None:
         import random
 
         lines = [json.loads(line) for line in calibration.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -203,10 +212,16 @@ def export(
         err.print(f"ONNX: {onnx_path} (matches PyTorch within tolerance)")
     if "onnx-int8" in to:
         if int8_mode == "static":
-            out = quantize_int8_static(onnx_path, texts, method=calibration_method)
+            out = quantize_int8_static(
+                onnx_path, texts, method=calibration_method,
+                reduce_range=True if int8_reduce_range is None else int8_reduce_range,
+            )
             err.print(f"static int8 ONNX ({len(texts)} calibration texts): {out}")
         else:
-            err.print(f"int8 ONNX: {quantize_int8(onnx_path, attention=int8_attention)}")
+            out = quantize_int8(
+                onnx_path, attention=int8_attention, reduce_range=int8_reduce_range, check_texts=texts or None
+            )
+            err.print(f"int8 ONNX: {out}")
     if "tensorrt" in to:
         err.print(f"TensorRT engine: {build_tensorrt_engine(onnx_path, fp16=fp16)}")
 
