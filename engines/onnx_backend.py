@@ -45,6 +45,9 @@ class OnnxEngine:
         onnx_file: str | Path | None = None,
     ) -> None:
         """quantized: None = model.int8.onnx when present, else model.onnx; True/False force one.
+        model.int8.onnx is whatever `finpulse export` wrote there: dynamic int8 by default (fastest
+        on CPU, docs/model-quality.md 3.1) or static with --int8-mode static; its metadata
+        (finpulse.int8_mode, finpulse.int8_reduce_range) and model_version suffix tell which.
         onnx_file: another ONNX export of these weights (relative to model_dir or absolute), e.g. a
         quantisation variant being compared; it overrides quantized."""
         model_dir = Path(model_dir)
