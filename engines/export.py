@@ -330,9 +330,7 @@ def quantize_int8_static(
             for f in feeds
         ]
     fused_model = _with_types(_fuse_bert(onnx_path, metadata, attention=fuse_attention))
-    # Leave the pooler and both heads fp32 (see quantize_int8): they are the graph's Gemm nodes
-    # and the MatMuls fed by the pooled [CLS] vector, found as every node downstream of the
-    # first Gather/Slice that picks the [CLS] row.
+    # Leave the pooler and both heads fp32 (see quantize_int8): every node after the [CLS] pick.
     exclude = _head_nodes(fused_model)
     tmp = _temp_beside(out_path)
     fused = _temp_beside(out_path.with_name(out_path.name + ".fused"))
@@ -399,12 +397,8 @@ class _Feeds:
 
 def _head_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes after the encoder: the [CLS] pick, the pooler and the heads."""
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
     outputs = {o.name for o in model.graph.output}
-    # Walk back from the outputs to the first 3-D -> 2-D reduction: everything passed belongs to the heads.
+    # Walk back from the outputs to the [CLS] pick (Gather/Slice/Squeeze): everything passed belongs to the heads.
     producers = {out: node for node in model.graph.node for out in node.output}
     heads: list[str] = []
     stack = list(outputs)
