@@ -99,13 +99,14 @@ class SubscriptionRepository:
             if found is None:
                 return None
             old = SubscriptionRow(**found._mapping)
-            secret = spec.webhook_secret or old.webhook_secret or (secrets.token_urlsafe(32) if spec.webhook_url else None)
+            generated = spec.webhook_url is not None and not spec.webhook_secret and not old.webhook_secret
+            secret = spec.webhook_secret or old.webhook_secret or (secrets.token_urlsafe(32) if generated else None)
             values = {**_columns(spec, secret), "updated_at": datetime.now(UTC)}
             await conn.execute(
                 SubscriptionRow.__table__.update().where(SubscriptionRow.id == subscription_id).values(**values)
             )
         new = SubscriptionRow(**{**_row_dict(old), **values})
-        return _to_model(new, show_secret=spec.webhook_secret is not None or (spec.webhook_url is not None and not old.webhook_secret))
+        return _to_model(new, show_secret=spec.webhook_secret is not None or generated)  # a new secret is shown once
 
     async def delete(self, subscription_id: str) -> bool:
         async with self.engine.begin() as conn:
@@ -143,7 +144,7 @@ class LiveSubscriptions:
         """The latest list; while the store is unreachable, the last one loaded (the write retries anyway)."""
         if time.monotonic() - self._loaded_at >= self.refresh_s:
             try:
-                self._current = await self.repository.list(enabled_only=True, with_secrets=True)
+                self._current = await self.repository.list(enabled_only=True)  # the outbox reads secrets itself
             except Exception as exc:  # noqa: BLE001 - any store failure: keep evaluating with what we have
                 log.warning("could not reload subscriptions (%s); keeping %d", type(exc).__name__, len(self._current))
             self._loaded_at = time.monotonic()
