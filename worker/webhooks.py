@@ -10,7 +10,9 @@ Each POST carries the alert as JSON and three headers:
 A URL whose host resolves to a private, loopback, link-local, multicast or reserved
 address is refused (server-side request forgery: a subscriber must not make the worker
 call into its own network), when the subscription is made and again before each POST,
-unless `FINPULSE_WEBHOOK_ALLOW_PRIVATE=true`. Redirects are not followed, for the same reason.
+unless `FINPULSE_WEBHOOK_ALLOW_PRIVATE=true`. The POST then goes to the address that was
+checked, so a second DNS answer (rebinding) cannot turn it inward; redirects are not
+followed, for the same reason. A host that does not resolve at delivery is retried.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -35,25 +37,45 @@ class WebhookRefused(ValueError):
     """The URL may not be called: bad scheme, no host, or an internal address."""
 
 
-def check_webhook_url(url: str, *, allow_private: bool) -> None:
+class WebhookUnresolvable(WebhookRefused):
+    """The host does not resolve: refused for a new subscription, retried at delivery (DNS may come back)."""
+
+
+def check_webhook_url(url: str, *, allow_private: bool) -> str | None:
+    """Refuse what may not be called; return the checked address to connect to (None if none was looked up)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise WebhookRefused(f"webhook URL must be http or https, not {parts.scheme or 'nothing'!r}")
     if not parts.hostname:
         raise WebhookRefused("webhook URL has no host")
     if allow_private:
-        return
+        return None
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
     except socket.gaierror as exc:
-        raise WebhookRefused(f"webhook host {parts.hostname!r} does not resolve: {exc.strerror}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        raise WebhookUnresolvable(f"webhook host {parts.hostname!r} does not resolve: {exc.strerror}") from exc
+    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    for address in addresses:
         if not address.is_global or address.is_multicast:
             raise WebhookRefused(
                 f"webhook host {parts.hostname!r} resolves to {address}, a private, loopback, link-local or reserved"
                 " address; set FINPULSE_WEBHOOK_ALLOW_PRIVATE=true to allow it"
             )
+    return str(addresses[0])
+
+
+def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The request to `address` itself, so a second DNS answer (rebinding) cannot redirect it inward.
+
+    Returns the URL with the address as its host, the Host header, and for https the TLS
+    server name, under which the certificate is still checked against the real host name.
+    """
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    host = f"[{address}]" if ":" in address else address
+    netloc = (f"{userinfo}@" if userinfo else "") + host + (f":{parts.port}" if parts.port else "")
+    extensions = {"sni_hostname": parts.hostname or ""} if parts.scheme == "https" else {}
+    return urlunsplit(parts._replace(netloc=netloc)), {"Host": hostport}, extensions
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -83,11 +105,13 @@ async def post_alert(
 ) -> DeliveryResult:
     """One attempt; never raises."""
     try:  # the DNS lookup blocks, so it runs off the event loop
-        await asyncio.to_thread(check_webhook_url, url, allow_private=allow_private)
+        address = await asyncio.to_thread(check_webhook_url, url, allow_private=allow_private)
     except WebhookRefused as exc:
-        return DeliveryResult(False, False, str(exc))
+        return DeliveryResult(False, isinstance(exc, WebhookUnresolvable), str(exc))
+    target, host, extensions = pinned(url, address) if address else (url, {}, {})
     timestamp = str(int(time.time()))
     headers = {
+        **host,
         "Content-Type": "application/json",
         "User-Agent": "finpulse-webhooks/1",
         IDEMPOTENCY_HEADER: alert_id,
@@ -95,7 +119,7 @@ async def post_alert(
         SIGNATURE_HEADER: signature(secret, timestamp, body),
     }
     try:
-        response = await client.post(url, content=body, headers=headers, follow_redirects=False)
+        response = await client.post(target, content=body, headers=headers, extensions=extensions, follow_redirects=False)
     except httpx.HTTPError as exc:
         return DeliveryResult(False, True, f"{type(exc).__name__}: {exc}"[:500])
     if 200 <= response.status_code < 300:

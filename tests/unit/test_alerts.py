@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import TypeAdapter
 from sqlalchemy import select, update
@@ -16,14 +17,21 @@ from sqlalchemy import select, update
 from schemas.alerts import Alert, Rule, SubscriptionSpec
 from schemas.news import Prediction, ScoredItem
 from schemas.tables import AlertRow
+from tests.webhook_receiver import Receiver
 from worker.alerts import spike_score
 from worker.database import upgrade
 from worker.outbox import AlertOutbox
 from worker.settings import Settings
 from worker.store import DocumentStore
 from worker.subscriptions import SubscriptionRepository
-from tests.webhook_receiver import Receiver
-from worker.webhooks import WebhookRefused, check_webhook_url, verify_signature
+from worker.webhooks import (
+    WebhookRefused,
+    WebhookUnresolvable,
+    check_webhook_url,
+    pinned,
+    post_alert,
+    verify_signature,
+)
 
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)  # a window boundary for 60, 300 and 3600 s
 RULE = TypeAdapter(Rule)
@@ -138,8 +146,18 @@ def test_private_and_internal_webhook_addresses_are_refused() -> None:
                 "http://localhost/", "http://192.168.0.10/", "ftp://example.com/", "http:///nohost"):
         with pytest.raises(WebhookRefused):
             check_webhook_url(url, allow_private=False)
-    check_webhook_url("http://127.0.0.1:8080/hook", allow_private=True)
-    check_webhook_url("https://8.8.8.8/hook", allow_private=False)
+    assert check_webhook_url("http://127.0.0.1:8080/hook", allow_private=True) is None
+    assert check_webhook_url("https://8.8.8.8/hook", allow_private=False) == "8.8.8.8"
+    with pytest.raises(WebhookUnresolvable):  # refused for a new subscription, retried at delivery
+        check_webhook_url("https://no-such-host.invalid/hook", allow_private=False)
+
+
+def test_a_webhook_is_posted_to_the_address_that_was_checked() -> None:
+    url, headers, extensions = pinned("https://user:pw@hooks.example.com:8443/a/b?x=1", "93.184.216.34")
+    assert (url, headers) == ("https://user:pw@93.184.216.34:8443/a/b?x=1", {"Host": "hooks.example.com:8443"})
+    assert extensions == {"sni_hostname": "hooks.example.com"}  # the certificate is checked against the name
+    url, headers, extensions = pinned("http://hooks.example.com/h", "2606:2800:220:1::1")
+    assert (url, headers, extensions) == ("http://[2606:2800:220:1::1]/h", {"Host": "hooks.example.com"}, {})
 
 
 @pytest.fixture
@@ -183,3 +201,17 @@ async def test_a_webhook_to_a_private_address_is_refused_at_delivery(store: Docu
     [alert] = await alerts(store)
     assert alert.delivery == "failed" and "private" in (alert.last_error or "")
     assert receiver.requests == []
+
+
+async def test_the_post_reaches_the_checked_address_with_the_real_host_name(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver.failures = 0
+    port = receiver.server.server_port
+    # As if hooks.test had resolved, and been checked, to the receiver's address.
+    monkeypatch.setattr("worker.webhooks.check_webhook_url", lambda url, allow_private: "127.0.0.1")
+    async with httpx.AsyncClient() as client:
+        result = await post_alert(client, f"http://hooks.test:{port}/hook", "s" * 16, "alert-1", b"{}", allow_private=False)
+    assert result.ok, result.detail
+    [(headers, _)] = receiver.requests
+    assert headers["Host"] == f"hooks.test:{port}" and headers["Idempotency-Key"] == "alert-1"
