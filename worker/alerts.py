@@ -182,48 +182,9 @@ async def evaluate(
         (a["window_s"], epoch_seconds(a["window_start"]), a["key_type"], a["key"], a["model_version"]): a
         for a in aggregates
     }
-    by_window: dict[tuple[int, str], list[Subscription]] = {}  # so a batch's windows meet only their subscriptions
-    for sub in subscriptions:
-        if not isinstance(sub.rule, InstantRule):
-            by_window.setdefault((sub.window_s, sub.key_type), []).append(sub)
-    candidates: list[tuple[Subscription, dict[str, Any]]] = []
-    for window, aggregate in windows.items():
-        window_s, _, key_type, key, _ = window
-        for sub in by_window.get((window_s, key_type), ()):
-            if not watches(sub, key_type, key):
-                continue
-            rule = sub.rule
-            common = {"now": now, "deliver_webhooks": deliver_webhooks, "volume": aggregate["volume"]}
-            if isinstance(rule, ThresholdRule):
-                observed = threshold_fires(rule, aggregate)
-                if observed is not None:
-                    row = _as_row(sub, window, rule="threshold", metric=rule.metric, observed=observed,
-                                  value=observed, threshold=rule.value, **common)
-                    candidates.append((sub, row))
-            elif isinstance(rule, SpikeRule):
-                observed = window_metric(rule.metric, aggregate)
-                if observed < rule.min_count:
-                    continue
-                score = spike_score(rule, observed, await _baseline(conn, rule, window))
-                if score.value >= rule.threshold:
-                    row = _as_row(sub, window, rule="spike", metric=rule.metric, observed=observed,
-                                  value=score.value, threshold=rule.threshold, spike=score, **common)
-                    candidates.append((sub, row))
-    instant = [s for s in subscriptions if isinstance(s.rule, InstantRule)]
-    for item in items if instant else ():
-        p_negative = item.sentiment.probs.get("negative", 0.0)
-        for sub in instant:
-            assert isinstance(sub.rule, InstantRule)
-            if item.sentiment.label != "negative" or p_negative < sub.rule.min_confidence:
-                continue
-            start = window_start(epoch_seconds(item.event_time), sub.window_s)
-            for key_type, key in keys_of(item):
-                window = (sub.window_s, start, key_type, key[:256], item.model_version)
-                if watches(sub, key_type, key) and window in windows:
-                    row = _as_row(sub, window, rule="instant", metric="p_negative", observed=p_negative,
-                                  value=p_negative, threshold=sub.rule.min_confidence, doc_id=item.id,
-                                  now=now, deliver_webhooks=deliver_webhooks, volume=windows[window]["volume"])
-                    candidates.append((sub, row))
+    fields = {"now": now, "deliver_webhooks": deliver_webhooks}
+    candidates = await _window_alerts(conn, subscriptions, windows, fields)
+    candidates += _instant_alerts(subscriptions, items, windows, fields)
     added = 0
     candidates.sort(key=lambda c: (c[1]["window_start"], c[1]["alert_id"]))
     for sub, row in candidates:
@@ -234,6 +195,72 @@ async def evaluate(
             added += 1
             metrics.ALERTS_FIRED.labels(row["rule"]).inc()
     return added
+
+
+Candidate = tuple[Subscription, dict[str, Any]]
+
+
+async def _window_alerts(
+    conn: AsyncConnection,
+    subscriptions: Sequence[Subscription],
+    windows: dict[WindowKey, dict[str, Any]],
+    fields: dict[str, Any],
+) -> list[Candidate]:
+    """Threshold and spike rules, on every window the batch recomputed."""
+    by_window: dict[tuple[int, str], list[Subscription]] = {}  # so a window meets only its subscriptions
+    for sub in subscriptions:
+        if not isinstance(sub.rule, InstantRule):
+            by_window.setdefault((sub.window_s, sub.key_type), []).append(sub)
+    candidates: list[Candidate] = []
+    for window, aggregate in windows.items():
+        window_s, _, key_type, key, _ = window
+        for sub in by_window.get((window_s, key_type), ()):
+            rule = sub.rule
+            if not watches(sub, key_type, key):
+                continue
+            if isinstance(rule, ThresholdRule):
+                observed = threshold_fires(rule, aggregate)
+                if observed is not None:
+                    row = _as_row(sub, window, rule="threshold", metric=rule.metric, observed=observed,
+                                  value=observed, threshold=rule.value, volume=aggregate["volume"], **fields)
+                    candidates.append((sub, row))
+            elif isinstance(rule, SpikeRule):
+                observed = window_metric(rule.metric, aggregate)
+                if observed < rule.min_count:
+                    continue  # checked first: the baseline costs a query
+                score = spike_score(rule, observed, await _baseline(conn, rule, window))
+                if score.value >= rule.threshold:
+                    row = _as_row(sub, window, rule="spike", metric=rule.metric, observed=observed, value=score.value,
+                                  threshold=rule.threshold, spike=score, volume=aggregate["volume"], **fields)
+                    candidates.append((sub, row))
+    return candidates
+
+
+def _instant_alerts(
+    subscriptions: Sequence[Subscription],
+    items: Iterable[ScoredItem],
+    windows: dict[WindowKey, dict[str, Any]],
+    fields: dict[str, Any],
+) -> list[Candidate]:
+    """Instant rules, on every confidently negative document; at most one alert per window survives the insert."""
+    instant = [(s, s.rule) for s in subscriptions if isinstance(s.rule, InstantRule)]
+    candidates: list[Candidate] = []
+    for item in items if instant else ():
+        p_negative = item.sentiment.probs.get("negative", 0.0)
+        if item.sentiment.label != "negative":
+            continue
+        for sub, rule in instant:
+            if p_negative < rule.min_confidence:
+                continue
+            start = window_start(epoch_seconds(item.event_time), sub.window_s)
+            for key_type, key in keys_of(item):
+                window = (sub.window_s, start, key_type, key[:256], item.model_version)
+                if watches(sub, key_type, key) and window in windows:
+                    row = _as_row(sub, window, rule="instant", metric="p_negative", observed=p_negative,
+                                  value=p_negative, threshold=rule.min_confidence, doc_id=item.id,
+                                  volume=windows[window]["volume"], **fields)
+                    candidates.append((sub, row))
+    return candidates
 
 
 def alert_of(row: Any) -> Alert:
