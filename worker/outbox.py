@@ -27,11 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from schemas.tables import AlertRow, SubscriptionRow
 from worker import metrics
 from worker.alerts import alert_of
+from worker.logfilter import Throttle
 from worker.settings import Settings
 from worker.topics import bootstrap_servers
 from worker.webhooks import post_alert
 
 log = logging.getLogger(__name__)
+log.addFilter(Throttle(every_s=30))  # an outage fails every pass (twice a second): say so twice a minute
 
 
 class AlertOutbox:
