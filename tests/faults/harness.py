@@ -293,6 +293,10 @@ class Result:
     duration_s: float
     workers_started: int
     notes: list[str] = field(default_factory=list)
+    # For the timeline figure, in seconds since the stream started: documents stored in each
+    # second (by `stored_at`), and the fault window.
+    stored_per_s: list[int] = field(default_factory=list)
+    fault_at: tuple[float, float] = (0.0, 0.0)
 
 
 def plan_items(seed: int, prefix: str, count: int) -> list[dict[str, Any]]:
@@ -342,6 +346,7 @@ class Deployment:
         self.progress = Progress(self.db.dsn)
         self.progress.start()
         self.producer: Producer | None = None
+        self.stream_started = 0.0  # time.time() when the stream started
         self.fault: tuple[float, float] | None = None
         self.notes: list[str] = []
 
@@ -431,6 +436,7 @@ class Deployment:
         for n, value in enumerate(MALFORMED):
             messages.insert((n + 1) * step + n, (f"bad-{n}".encode(), value))
         self.producer = Producer(self.services.kafka, self.settings.topic("docs"), messages, seconds)
+        self.stream_started = time.time()
         self.producer.start()
 
     def wait_mid_stream(self) -> None:
@@ -551,7 +557,20 @@ class Deployment:
             duration_s=ended - self.started,
             workers_started=len(self.workers),
             notes=self.notes,
+            stored_per_s=self.stored_per_second(),
+            fault_at=(start - self.stream_started, end - self.stream_started),
         )
+
+    def stored_per_second(self) -> list[int]:
+        """Documents first stored in each second since the stream started (index = second)."""
+        rows = self.db.fetch(
+            f"SELECT floor(extract(epoch FROM stored_at) - {self.stream_started})::int AS s, count(*) AS n"
+            " FROM documents GROUP BY 1 ORDER BY 1"
+        )
+        counts = [0] * (max((r["s"] for r in rows), default=-1) + 1)
+        for r in rows:
+            counts[max(0, r["s"])] += r["n"]
+        return counts
 
     def recovery_time(self, fault_end: float) -> float:
         """Seconds from the end of the fault until the last docs partition is processed again.
@@ -639,15 +658,49 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}){memory}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
+def plot_timeline(results: Sequence[Result], path: Path) -> None:
+    """One panel per scenario: documents stored per second, the fault window shaded, the recovery point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 1, figsize=(8, 1.7 * len(results) + 0.8), sharex=True, squeeze=False)
+    for ax, r in zip(axes[:, 0], results):
+        ax.axvspan(*r.fault_at, color="#dd8452", alpha=0.35, lw=0, zorder=0, label="fault")
+        ax.bar(range(len(r.stored_per_s)), r.stored_per_s, width=1.0, align="edge", color="#4c72b0",
+               zorder=1, label="documents stored per second")
+        recovered = r.fault_at[1] + r.recovery_s
+        ax.axvline(recovered, color="#c44e52", ls="--", lw=1.2, zorder=2, label="recovered")
+        ax.annotate(f"recovered +{r.recovery_s:.1f} s", (recovered, 0.97), xycoords=("data", "axes fraction"),
+                    xytext=(4, 0), textcoords="offset points", va="top", fontsize=8, color="#c44e52")
+        ax.set_ylim(0, 1.3 * max(r.stored_per_s, default=1))
+        ax.set_title(r.scenario, fontsize=9, loc="left")
+        ax.set_ylabel("docs/s", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="y", alpha=0.3, zorder=0)
+    axes[-1, 0].set_xlabel("seconds since the stream started", fontsize=8)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(results: Sequence[Result], total_s: float, path: Path = REPORT) -> None:
-    """Replace the generated section of docs/reliability.md (between the markers) with this run's table."""
+    """Replace the generated section of docs/reliability.md (between the markers) with this run's table and figure."""
     notes = [f"- {r.scenario}: {note}" for r in results for note in r.notes]
+    figure = path.with_name(f"{path.stem}-timeline.png")
+    plot_timeline(results, figure)
     section = "\n".join([
         BEGIN,
         (f"Produced by `make test-faults` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
          f"{machine()}; the whole suite took {total_s / 60:.1f} min."),
         "",
         markdown_table(results),
+        "",
+        f"![Documents stored per second in each scenario](./{figure.name})",
+        "",
+        "*Documents stored per second (by `stored_at`) in each scenario; shaded: the fault; dashed: the recovery point.*",
         *(["", "Notes from this run:", *notes] if notes else []),
         END,
     ])
