@@ -287,11 +287,14 @@ def replay(
     loglevel: Annotated[str, typer.Option(help="debug, info, warning")] = "warning",
 ) -> None:
     """Re-process [--from, --to) of a topic into the store: backfill, or re-score history with another model."""
+    from aiokafka.errors import KafkaError
+
     from worker.replay import ReplayError
     from worker.replay import replay as run_replay
 
     _logging(loglevel)
     settings = Settings()
+    range_start, range_end = _moment(start, "--from"), _moment(end, "--to")
     engine = _load_engine(settings, model, backend)
     err.print(f"replaying with model {engine.model_version} on {engine.backend}")
     try:
@@ -299,8 +302,8 @@ def replay(
             run_replay(
                 settings,
                 engine,
-                start=_moment(start, "--from"),
-                end=_moment(end, "--to"),
+                start=range_start,
+                end=range_end,
                 topic=topic,
                 deliver_webhooks=webhooks,
                 restart=restart,
@@ -310,6 +313,9 @@ def replay(
     except ReplayError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+    except KafkaError as exc:
+        err.print(f"[red]Kafka at {settings.kafka_url} failed: {exc!r}; run the same command again to resume[/red]")
+        raise typer.Exit(1) from exc
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(report.rejected.items())) or "none"
     state = "complete" if report.complete else "stopped early: run the same command again to resume"
     err.print(
@@ -329,13 +335,18 @@ def _moment(value: str, option: str) -> datetime:
 def _load_engine(settings: Settings, model: str | None = None, backend: str | None = None) -> Engine:
     from engines import load_engine
 
-    return load_engine(
-        model or settings.model_dir,
-        backend or settings.backend,
-        max_length=settings.max_length,
-        token_budget=settings.token_budget,
-        threads=settings.engine_threads,
-    )
+    try:
+        return load_engine(
+            model or settings.model_dir,
+            backend or settings.backend,
+            max_length=settings.max_length,
+            token_budget=settings.token_budget,
+            threads=settings.engine_threads,
+        )
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]cannot load the model {model or settings.model_dir!r}: {str(exc).splitlines()[0]}[/red]")
+        err.print("point FINPULSE_MODEL_DIR (or --model) at a checkpoint directory, e.g. `finpulse model tiny models/current`")
+        raise typer.Exit(2) from exc
 
 
 @cli.command()

@@ -123,9 +123,9 @@ async def replay(
     outbox = AlertOutbox(settings, engine=store.engine)
     subscriptions = LiveSubscriptions(SubscriptionRepository(store.engine), settings.subscriptions_refresh_s)
     scorer = build_scorer(settings, engine)
-    await consumer.start()
-    await producer.start()
     try:
+        await consumer.start()
+        await producer.start()
         plan = await _plan(consumer, producer, topic, start, end, restart)
         report.partitions = len(plan)
         report.in_range = sum(last - first for first, _, last in plan.values())
