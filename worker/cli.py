@@ -7,14 +7,20 @@ import json
 import logging
 import sys
 import time
-from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from worker.settings import Settings
 
@@ -190,7 +196,12 @@ def export(
     ] = None,
 ) -> None:
     """Compile a checkpoint: ONNX (checked against PyTorch), int8 ONNX for CPUs, a TensorRT engine for GPUs."""
-    from engines.export import build_tensorrt_engine, export_onnx, quantize_int8, quantize_int8_static
+    from engines.export import (
+        build_tensorrt_engine,
+        export_onnx,
+        quantize_int8,
+        quantize_int8_static,
+    )
 
     unknown = set(to) - {"onnx", "onnx-int8", "tensorrt"}
     if unknown:
@@ -240,7 +251,6 @@ def bench(
     from rich.table import Table
 
     from engines.bench import bench_backends
-
     from worker.ingest import Rejection, decode_news_item
 
     decoded = (decode_news_item(line, max_text_chars=100_000) for line in data.read_bytes().splitlines())
@@ -376,18 +386,11 @@ def api(
 
 def _with_subscriptions(settings: Settings, action: Callable[[SubscriptionRepository], Awaitable[T]]) -> T:
     """Run one repository call on a short-lived engine."""
-    import asyncio
-
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from worker.subscriptions import SubscriptionRepository
+    from worker.subscriptions import open_repository
 
     async def run() -> T:
-        engine = create_async_engine(settings.database_url)
-        try:
-            return await action(SubscriptionRepository(engine))
-        finally:
-            await engine.dispose()
+        async with open_repository(settings.database_url) as repository:
+            return await action(repository)
 
     return asyncio.run(run())
 

@@ -105,18 +105,14 @@ def run_demo(count: int = 210) -> int:
 async def _subscribe(database_url: str) -> None:
     """One subscription, so the demo shows alerts: any company named 3 times within an hour."""
     from pydantic import TypeAdapter
-    from sqlalchemy.ext.asyncio import create_async_engine
 
     from schemas.alerts import Rule, SubscriptionSpec
-    from worker.subscriptions import SubscriptionRepository
+    from worker.subscriptions import open_repository
 
     rule = TypeAdapter(Rule).validate_python({"type": "threshold", "metric": "volume", "value": 3, "min_count": 3})
-    engine = create_async_engine(database_url)
-    try:
-        spec = SubscriptionSpec(name="company in the news", key_type="entity", key="*", window_s=3600, rule=rule)
-        await SubscriptionRepository(engine).create(spec)
-    finally:
-        await engine.dispose()
+    spec = SubscriptionSpec(name="company in the news", key_type="entity", key="*", window_s=3600, rule=rule)
+    async with open_repository(database_url) as repository:
+        await repository.create(spec)
 
 
 def _delete_topics(settings) -> None:  # type: ignore[no-untyped-def]

@@ -11,12 +11,13 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from pydantic import TypeAdapter
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from schemas.alerts import ANY_KEY, Rule, Subscription, SubscriptionSpec
 from schemas.tables import SubscriptionRow
@@ -125,6 +126,16 @@ class SubscriptionRepository:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_to_model(SubscriptionRow(**r._mapping), show_secret=with_secrets) for r in rows]
+
+
+@asynccontextmanager
+async def open_repository(database_url: str) -> AsyncIterator[SubscriptionRepository]:
+    """A repository on a short-lived engine, for one-off callers: the CLI, the demo, tests."""
+    engine = create_async_engine(database_url)
+    try:
+        yield SubscriptionRepository(engine)
+    finally:
+        await engine.dispose()
 
 
 def _row_dict(row: SubscriptionRow) -> dict[str, object]:

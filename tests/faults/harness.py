@@ -351,20 +351,15 @@ class Deployment:
         self.notes: list[str] = []
 
     async def _subscribe(self) -> str:
-        from sqlalchemy.ext.asyncio import create_async_engine
-
         from schemas.alerts import SubscriptionSpec, ThresholdRule
-        from worker.subscriptions import SubscriptionRepository
+        from worker.subscriptions import open_repository
 
-        engine = create_async_engine(self.db.url)
-        try:
-            rule = ThresholdRule(type="threshold", metric="volume", op=">=", value=self.alert_volume,
-                                 min_count=self.alert_volume)
-            spec = SubscriptionSpec(name=f"{self.namespace} volume", key_type="lang", key="*", rule=rule,
-                                    window_s=ALERT_WINDOW_S)
-            return (await SubscriptionRepository(engine).create(spec)).id
-        finally:
-            await engine.dispose()
+        rule = ThresholdRule(type="threshold", metric="volume", op=">=", value=self.alert_volume,
+                             min_count=self.alert_volume)
+        spec = SubscriptionSpec(name=f"{self.namespace} volume", key_type="lang", key="*", rule=rule,
+                                window_s=ALERT_WINDOW_S)
+        async with open_repository(self.db.url) as repository:
+            return (await repository.create(spec)).id
 
     # --- time budget
 

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import torch
 from pydantic import TypeAdapter
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from engines import load_engine
 from engines.modeling import BertForSentimentAndTopic
 from engines.tiny import build_tiny_checkpoint
 from schemas.alerts import Alert, Rule, SubscriptionSpec
 from tests.webhook_receiver import Receiver
+from worker.subscriptions import open_repository
 from worker.webhooks import verify_signature
 
 from .conftest import Pipeline, assert_aggregates_match_documents, wait_for
@@ -156,8 +156,6 @@ def test_a_scripted_spike_fires_exactly_the_expected_alerts(
 
 
 async def _subscriptions(pipeline: Pipeline, rule: Any, hook: str) -> tuple[str, str, str, str]:
-    from worker.subscriptions import SubscriptionRepository
-
     specs = [
         SubscriptionSpec(name="TSLA negative spike", key_type="entity", key="TSLA", rule=rule(SPIKE), webhook_url=hook),
         SubscriptionSpec(name="any ticker spike", key_type="entity", key="*", rule=rule(SPIKE)),
@@ -168,12 +166,8 @@ async def _subscriptions(pipeline: Pipeline, rule: Any, hook: str) -> tuple[str,
             rule=rule({"type": "threshold", "metric": "negative_ratio", "value": 0.9, "min_count": 13}),
         ),
     ]
-    engine = create_async_engine(pipeline.db.url)
-    try:
-        repository = SubscriptionRepository(engine)
+    async with open_repository(pipeline.db.url) as repository:
         created = [await repository.create(spec) for spec in specs]
-    finally:
-        await engine.dispose()
     return created[0].id, created[1].id, created[2].id, created[0].webhook_secret or ""
 
 

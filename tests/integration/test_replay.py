@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 from pydantic import TypeAdapter
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from engines.tiny import build_tiny_checkpoint
 from schemas.alerts import Rule, SubscriptionSpec
 from tests.webhook_receiver import Receiver
 from worker.samples import sample_items
-from worker.subscriptions import SubscriptionRepository
+from worker.subscriptions import open_repository
 
 from .conftest import ROOT, Pipeline, assert_aggregates_match_documents, wait_for
 
@@ -117,11 +116,8 @@ def test_replay_rescores_a_time_range_beside_the_old_model_resumably_and_idempot
 
 
 async def _subscribe(database_url: str, spec: SubscriptionSpec) -> None:
-    engine = create_async_engine(database_url)
-    try:
-        await SubscriptionRepository(engine).create(spec)
-    finally:
-        await engine.dispose()
+    async with open_repository(database_url) as repository:
+        await repository.create(spec)
 
 
 def _count(pipeline: Pipeline, where: str = "true") -> int:

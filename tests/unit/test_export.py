@@ -86,6 +86,20 @@ def max_prob_diff(a: list[Scores], b: list[Scores]) -> float:
     )
 
 
+def assert_close_per_head(
+    got: list[Scores], expected: list[Scores], *, min_agreement: float, mean_prob_tol: float
+) -> None:
+    """Valid distributions whose labels mostly agree with `expected` and whose probabilities stay near it, per head."""
+    for scores in got:
+        assert_valid(scores)
+    for head in ("sentiment", "topic"):
+        pairs = [(getattr(a, head), getattr(b, head)) for a, b in zip(got, expected)]
+        agreement = np.mean([a.label == b.label for a, b in pairs])
+        mean_diff = np.mean([abs(a.probs[k] - b.probs[k]) for a, b in pairs for k in a.probs])
+        assert agreement >= min_agreement, head
+        assert mean_diff <= mean_prob_tol, head
+
+
 def labels(results: list[Scores]) -> list[tuple[str, str]]:
     return [(s.sentiment.label, s.topic.label) for s in results]
 
@@ -138,14 +152,7 @@ def test_int8_gives_valid_scores_close_to_fp32(model_dir: Path, onnx_fp32: OnnxE
     assert int8.onnx_path.name == INT8_NAME
     assert (model_dir / INT8_NAME).stat().st_size < (model_dir / ONNX_NAME).stat().st_size
     got, expected = int8.predict(ALL_CORPUS), onnx_fp32.predict(ALL_CORPUS)
-    for scores in got:
-        assert_valid(scores)
-    for head in ("sentiment", "topic"):
-        pairs = [(getattr(a, head), getattr(b, head)) for a, b in zip(got, expected)]
-        agreement = np.mean([a.label == b.label for a, b in pairs])
-        mean_diff = np.mean([abs(a.probs[k] - b.probs[k]) for a, b in pairs for k in a.probs])
-        assert agreement >= INT8_MIN_AGREEMENT, head
-        assert mean_diff <= INT8_MEAN_PROB_TOL, head
+    assert_close_per_head(got, expected, min_agreement=INT8_MIN_AGREEMENT, mean_prob_tol=INT8_MEAN_PROB_TOL)
 
 
 def test_quantized_option_picks_the_file(model_dir: Path, tmp_path: Path) -> None:
@@ -214,14 +221,7 @@ def test_static_int8_gives_valid_scores_that_mostly_agree_with_torch(
 ) -> None:
     assert static_int8.model_version == torch_engine.model_version + "-int8-static"
     got, expected = static_int8.predict(ALL_CORPUS), torch_engine.predict(ALL_CORPUS)
-    for scores in got:
-        assert_valid(scores)
-    for head in ("sentiment", "topic"):
-        pairs = [(getattr(a, head), getattr(b, head)) for a, b in zip(got, expected)]
-        agreement = np.mean([a.label == b.label for a, b in pairs])
-        mean_diff = np.mean([abs(a.probs[k] - b.probs[k]) for a, b in pairs for k in a.probs])
-        assert agreement >= STATIC_MIN_AGREEMENT, head
-        assert mean_diff <= STATIC_MEAN_PROB_TOL, head
+    assert_close_per_head(got, expected, min_agreement=STATIC_MIN_AGREEMENT, mean_prob_tol=STATIC_MEAN_PROB_TOL)
     # Batching must not change a row's scores beyond float noise: the ranges are fixed, not per call.
     one_by_one = [static_int8.predict([text])[0] for text in ALL_CORPUS[:12]]
     assert max_prob_diff(one_by_one, got[:12]) <= 1e-4
