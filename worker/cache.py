@@ -13,6 +13,9 @@ import time
 from collections.abc import Iterable, Mapping
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from engines import HeadPrediction, Scores
@@ -39,7 +42,15 @@ def _decode(raw: bytes) -> Scores:
 class ScoreCache:
     def __init__(self, url: str | None, *, prefix: str, ttl_s: int, timeout_s: float, retry_s: float) -> None:
         self._client = (
-            aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+            aioredis.Redis.from_url(
+                url,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                # After a Redis restart the pooled connections are dead; one retry on a fresh
+                # connection hides that instead of bypassing the cache for another retry_s.
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError],
+            )
             if url
             else None
         )
