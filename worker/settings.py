@@ -1,79 +1,188 @@
-"""All worker settings, read from the environment (prefix FINPULSE_) in this one place."""
+"""Every setting, read from the environment (`FINPULSE_<NAME>`, or a `.env` file) in this one place.
+
+The environment names are flat (`FINPULSE_BATCH_MAX`, `FINPULSE_REDIS_URL`), as operators
+write them; the code sees them in sections, one per component (`settings.kafka`,
+`settings.store`, `settings.cache`, `settings.engine`, `settings.pipeline`,
+`settings.webhooks`, `settings.api`), and hands each component only its own. Each field
+says its environment name (`env`), unit and default; `python -m worker.settings`
+prints the README's table from them, and a test fails when the README drifts.
+"""
 
 from __future__ import annotations
 
-from functools import cached_property
-from typing import Literal
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from dotenv import dotenv_values
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.fields import FieldInfo
+
+PREFIX = "FINPULSE_"
 
 
-class Settings(BaseSettings):
-    """Every knob, with its unit and default; `FINPULSE_<NAME>` sets it."""
+def _list_of_ints(value: Any) -> Any:
+    """`60,300,3600` or `[60, 300, 3600]` from the environment; a list from code."""
+    if isinstance(value, str):
+        value = value.strip()
+        return json.loads(value) if value.startswith("[") else [part for part in value.split(",") if part.strip()]
+    return value
 
-    model_config = SettingsConfigDict(env_prefix="FINPULSE_", env_file=".env", extra="ignore")
 
-    namespace: str = Field(
-        "finpulse",
+def _none_if_empty(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _sorted_windows(value: list[int]) -> list[int]:
+    if not value or min(value) <= 0:
+        raise ValueError(f"needs positive window sizes in seconds, got {value!r}")
+    return sorted(set(value))
+
+
+Windows = Annotated[list[int], BeforeValidator(_list_of_ints), AfterValidator(_sorted_windows)]
+OptionalText = Annotated[str | None, BeforeValidator(_none_if_empty)]
+OptionalInt = Annotated[int | None, BeforeValidator(_none_if_empty)]
+
+
+def env(name: str, default: Any, description: str, **constraints: Any) -> Any:
+    """A field set by `FINPULSE_<name>`."""
+    return Field(default, description=description, json_schema_extra={"env": PREFIX + name}, **constraints)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(Section):
+    """The brokers and how the worker consumes: the Faust driver, replay, the outbox's producer."""
+
+    url: str = env("KAFKA_URL", "kafka://127.0.0.1:9092", "Brokers, Faust style (`kafka://h1:9092,h2:9092`)")
+    topic_partitions: int = env("TOPIC_PARTITIONS", 4, "Partitions of topics the worker creates", ge=1)
+    session_timeout_s: float = env(
+        "SESSION_TIMEOUT_S", 20.0, "Kafka drops a worker that sent no heartbeat this long; its partitions move on, s",
+        ge=6, le=1800,
+    )
+    rebalance_timeout_s: float = env("REBALANCE_TIMEOUT_S", 30.0, "Time workers get to rejoin the group in a rebalance, s", ge=1)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = env(
+        "PROCESSING_GUARANTEE", "at_least_once", "Faust guarantee for Kafka outputs; `exactly_once` = Kafka transactions"
+    )
+    batch_max: int = env("BATCH_MAX", 64, "Most documents per scoring micro-batch", ge=1, le=4096)
+    batch_wait_ms: int = env("BATCH_WAIT_MS", 50, "Longest wait to fill a scoring micro-batch, ms", ge=1, le=60_000)
+    persist_batch_max: int = env("PERSIST_BATCH_MAX", 500, "Most rows per SQL upsert", ge=1, le=10_000)
+    persist_batch_wait_ms: int = env("PERSIST_BATCH_WAIT_MS", 200, "Longest wait to fill an upsert, ms", ge=1, le=60_000)
+    web_port: int = env("WEB_PORT", 6066, "Port of the worker's `/health` and `/metrics`", ge=0, le=65535)
+    web_host: str = env("WEB_HOST", "127.0.0.1", "Interface of the worker's `/health` and `/metrics`")
+
+
+class PipelineSettings(Section):
+    """What the decode and score stages accept and add."""
+
+    max_text_chars: int = env("MAX_TEXT_CHARS", 20_000, "Longer texts go to the DLQ", ge=1)
+    detect_language: bool = env("DETECT_LANGUAGE", True, "Detect the language of items without `lang` (lingua)")
+    watchlist: OptionalText = env("WATCHLIST", None, "YAML of tickers and their names (default: the bundled example)")
+
+
+class EngineSettings(Section):
+    """The model and the backend that runs it."""
+
+    model_dir: str = env("MODEL_DIR", "models/current", "Checkpoint directory or hub id")
+    backend: str = env(
+        "BACKEND", "auto",
+        "`torch`, `onnxruntime`, `tensorrt`; `auto` = TensorRT on a GPU, else ONNX Runtime where exported, else PyTorch",
+    )
+    max_length: int = env("MAX_LENGTH", 128, "Tokens kept per text", ge=8, le=512)
+    token_budget: int = env(
+        "TOKEN_BUDGET", 8192, "Padded tokens per engine batch (1024-2048 is faster on small CPUs)", ge=8
+    )
+    threads: OptionalInt = env("ENGINE_THREADS", None, "CPU threads for the engine (default: the runtime's)", ge=1)
+
+
+class CacheSettings(Section):
+    """The Redis score cache."""
+
+    url: OptionalText = env("REDIS_URL", "redis://127.0.0.1:6379/0", "Score cache; empty disables it")
+    ttl_s: int = env("CACHE_TTL_S", 7 * 24 * 3600, "Lifetime of a cached score, s", ge=1)
+    timeout_s: float = env("CACHE_TIMEOUT_S", 0.5, "Redis socket timeout, s", gt=0)
+    retry_s: float = env("CACHE_RETRY_S", 5.0, "After a Redis failure, score without the cache this long, s", gt=0)
+
+
+class StoreSettings(Section):
+    """The SQL store: documents, aggregates, subscriptions, alerts."""
+
+    url: str = env(
+        "DATABASE_URL", "sqlite+aiosqlite:///finpulse.db", "SQL store, async SQLAlchemy URL (`postgresql+asyncpg://…`)"
+    )
+    windows: Windows = env("WINDOWS", [60, 300, 3600], "Tumbling window sizes of the aggregates, s (`60,300,3600`)")
+    retry_initial_s: float = env("STORE_RETRY_INITIAL_S", 0.5, "First back-off after a failed SQL write, s", gt=0)
+    retry_max_s: float = env("STORE_RETRY_MAX_S", 10.0, "Longest back-off between SQL retries, s", gt=0)
+    subscriptions_refresh_s: float = env("SUBSCRIPTIONS_REFRESH_S", 2.0, "Workers reload alert subscriptions this often, s", gt=0)
+
+
+class WebhookSettings(Section):
+    """The alerts outbox: the alerts topic and signed webhooks."""
+
+    outbox_interval_s: float = env("OUTBOX_INTERVAL_S", 0.5, "How often fired alerts are published and POSTed, s", gt=0)
+    allow_private: bool = env(
+        "WEBHOOK_ALLOW_PRIVATE", False, "Allow webhooks to private, loopback and link-local addresses (SSRF: refused by default)"
+    )
+    timeout_s: float = env("WEBHOOK_TIMEOUT_S", 5.0, "Timeout of one webhook POST, s", gt=0)
+    max_attempts: int = env("WEBHOOK_MAX_ATTEMPTS", 8, "POSTs per alert before its delivery is marked failed", ge=1)
+    retry_initial_s: float = env("WEBHOOK_RETRY_INITIAL_S", 1.0, "First back-off after a failed POST, s (doubles, jittered)", gt=0)
+    retry_max_s: float = env("WEBHOOK_RETRY_MAX_S", 300.0, "Longest back-off between POSTs, s", gt=0)
+
+
+class ApiSettings(Section):
+    """`finpulse api`."""
+
+    token: OptionalText = env("API_TOKEN", None, "Bearer token for API writes; unset = writes refused")
+    host: str = env("API_HOST", "127.0.0.1", "Interface of `finpulse api`")
+    port: int = env("API_PORT", 8000, "Port of `finpulse api`", ge=1, le=65535)
+
+
+class Settings(Section):
+    """The whole configuration; `Settings.from_env()` is the one place the environment is read."""
+
+    namespace: str = env(
+        "NAMESPACE", "finpulse",
+        "Prefix of topics, the consumer group and Redis keys, so deployments can share a cluster",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$",
-        description="Prefix of topic names, the consumer group and Redis keys, so deployments can share a cluster",
     )
-    kafka_url: str = Field("kafka://127.0.0.1:9092", description="Faust broker URL(s), comma-separated")
-    redis_url: str | None = Field("redis://127.0.0.1:6379/0", description="Score cache; empty disables it")
-    database_url: str = Field(
-        "sqlite+aiosqlite:///finpulse.db", description="SQLAlchemy async URL (postgresql+asyncpg://… in production)"
-    )
-    model_dir: str = Field("models/current", description="Hugging Face checkpoint directory or hub id")
-    backend: str = Field("auto", description="Engine backend: auto (TensorRT on a GPU, else ONNX Runtime if exported, else torch), torch, onnxruntime, tensorrt")
-    max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text")
-    token_budget: int = Field(
-        8192, ge=8, description="Padded tokens per engine batch; 1024-2048 is faster on small CPUs (docs/model-quality.md)"
-    )
-    engine_threads: int | None = Field(None, ge=1, description="CPU threads for the engine (default: torch's)")
+    kafka: KafkaSettings = KafkaSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    engine: EngineSettings = EngineSettings()
+    cache: CacheSettings = CacheSettings()
+    store: StoreSettings = StoreSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    api: ApiSettings = ApiSettings()
 
-    batch_max: int = Field(64, ge=1, le=4096, description="Most documents per scoring micro-batch")
-    batch_wait_ms: int = Field(50, ge=1, le=60_000, description="Longest wait to fill a micro-batch, ms")
-    persist_batch_max: int = Field(500, ge=1, le=10_000, description="Most rows per SQL upsert")
-    persist_batch_wait_ms: int = Field(200, ge=1, le=60_000, description="Longest wait to fill an upsert, ms")
-    max_text_chars: int = Field(20_000, ge=1, description="Texts longer than this go to the DLQ")
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
-        "at_least_once", description="Faust processing guarantee for the Kafka outputs"
-    )
-    topic_partitions: int = Field(4, ge=1, description="Partitions for topics the worker creates")
-    session_timeout_s: float = Field(
-        20.0, ge=6, le=1800, description="Kafka drops a worker that sent no heartbeat this long; its partitions move on"
-    )
-    rebalance_timeout_s: float = Field(30.0, ge=1, description="Time workers get to rejoin the group in a rebalance, s")
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
+        """Read `FINPULSE_*` from `environ` (default: the process's) over those of `env_file`."""
+        found: dict[str, str | None] = dict(dotenv_values(env_file)) if env_file and Path(env_file).is_file() else {}
+        found.update(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for section, name, field in fields():
+            variable = env_name(field)
+            if variable in found:
+                target = values if section is None else values.setdefault(section, {})
+                target[name] = found[variable]
+        return cls.model_validate(values)
 
-    watchlist: str | None = Field(None, description="YAML watchlist of tickers and aliases (default: the bundled example)")
-    detect_language: bool = Field(True, description="Detect the language of items that carry no `lang` (lingua)")
-    windows: str = Field("60,300,3600", description="Tumbling window sizes for aggregates, seconds, comma-separated")
-    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="Lifetime of a cached score, s")
-    cache_timeout_s: float = Field(0.5, gt=0, description="Redis socket timeout, s")
-    cache_retry_s: float = Field(5.0, gt=0, description="After a Redis failure, skip the cache this long, s")
+    def to_env(self) -> dict[str, str]:
+        """Every setting as `FINPULSE_*` variables: what a child process needs to read these settings back."""
+        found: dict[str, str] = {}
+        for section, name, field in fields():
+            value = getattr(self if section is None else getattr(self, section), name)
+            if isinstance(value, list):
+                value = ",".join(map(str, value))
+            elif isinstance(value, bool):
+                value = str(value).lower()
+            found[env_name(field)] = "" if value is None else str(value)
+        return found
 
-    store_retry_initial_s: float = Field(0.5, gt=0, description="First back-off after a SQL failure, s")
-    store_retry_max_s: float = Field(10.0, gt=0, description="Longest back-off between SQL retries, s")
-
-    subscriptions_refresh_s: float = Field(2.0, gt=0, description="Workers reload alert subscriptions this often, s")
-    outbox_interval_s: float = Field(0.5, gt=0, description="How often fired alerts are sent to the alerts topic and webhooks, s")
-    webhook_allow_private: bool = Field(
-        False, description="Allow webhooks to private, loopback and link-local addresses (refused by default: SSRF)"
-    )
-    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook POST, s")
-    webhook_max_attempts: int = Field(8, ge=1, description="POSTs per alert before its delivery is marked failed")
-    webhook_retry_initial_s: float = Field(1.0, gt=0, description="First back-off after a failed POST, s (doubles)")
-    webhook_retry_max_s: float = Field(300.0, gt=0, description="Longest back-off between POSTs, s")
-
-    api_token: str | None = Field(None, description="Bearer token the HTTP API requires for writes; unset = writes refused")
-    api_host: str = Field("127.0.0.1", description="Interface of `finpulse api`")
-    api_port: int = Field(8000, ge=1, le=65535, description="Port of `finpulse api`")
-
-    web_port: int = Field(6066, ge=0, le=65535, description="Port for /health and /metrics")
-    web_host: str = Field("127.0.0.1", description="Interface for /health and /metrics")
-
-    @cached_property
+    @property
     def app_id(self) -> str:
         """Faust app id, which is also the Kafka consumer group."""
         return f"{self.namespace}-worker"
@@ -83,12 +192,43 @@ class Settings(BaseSettings):
         return f"{self.namespace}.{stage}"
 
     @property
-    def window_sizes(self) -> list[int]:
-        sizes = sorted({int(part) for part in self.windows.split(",") if part.strip()})
-        if not sizes or sizes[0] <= 0:
-            raise ValueError(f"FINPULSE_WINDOWS must list positive seconds, got {self.windows!r}")
-        return sizes
-
-    @property
     def redis_prefix(self) -> str:
         return f"{self.namespace}:"
+
+
+def env_name(field: FieldInfo) -> str:
+    extra = field.json_schema_extra
+    assert isinstance(extra, dict), "every setting is declared with env()"
+    return str(extra["env"])
+
+
+def fields() -> Iterator[tuple[str | None, str, FieldInfo]]:
+    """(section or None for the top level, field name, field) of every setting, in declaration order."""
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section):
+            for inner, inner_field in annotation.model_fields.items():
+                yield name, inner, inner_field
+        else:
+            yield None, name, field
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated from the fields above."""
+    lines = ["| variable | section | default | meaning |", "| --- | --- | --- | --- |"]
+    for section, _, field in fields():
+        default = field.default
+        if isinstance(default, list):
+            shown = ",".join(map(str, default))
+        elif default is None:
+            shown = "unset"
+        elif isinstance(default, bool):
+            shown = str(default).lower()
+        else:
+            shown = str(default)
+        lines.append(f"| `{env_name(field)}` | {section or ''} | `{shown}` | {field.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

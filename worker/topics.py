@@ -1,4 +1,4 @@
-"""Create the worker's topics up front, with the partition count from settings."""
+"""Kafka names and admin: the brokers of a Faust URL, and the worker's topics, created up front."""
 
 from __future__ import annotations
 
@@ -25,14 +25,15 @@ def bootstrap_servers(kafka_url: str) -> list[str]:
 
 
 def ensure_topics(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.kafka_url), client_id=f"{settings.app_id}-admin")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.kafka.url), client_id=f"{settings.app_id}-admin")
+    partitions = settings.kafka.topic_partitions
     try:
         existing = set(admin.list_topics())
         missing = [settings.topic(s) for s in stages if settings.topic(s) not in existing]
         for name in missing:
             try:
-                admin.create_topics([NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)])
-                log.info("created topic %s (%d partitions)", name, settings.topic_partitions)
+                admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+                log.info("created topic %s (%d partitions)", name, partitions)
             except TopicAlreadyExistsError:
                 pass
     finally:

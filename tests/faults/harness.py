@@ -36,9 +36,9 @@ from tests.integration.conftest import (
     _free_port,
     assert_aggregates_match_documents,
 )
-from worker.database import upgrade
+from worker.store.database import upgrade
 from worker.samples import sample_items
-from worker.settings import Settings
+from worker.settings import CacheSettings, KafkaSettings, Settings, StoreSettings
 from worker.topics import STAGES, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -330,8 +330,10 @@ class Deployment:
         self.namespace = f"fault-{slug}-{uuid.uuid4().hex[:6]}"
         self.db = Database(services)
         self.settings = Settings(
-            namespace=self.namespace, kafka_url=f"kafka://{services.kafka}",
-            database_url=self.db.url, redis_url=services.redis_url,
+            namespace=self.namespace,
+            kafka=KafkaSettings(url=f"kafka://{services.kafka}"),
+            store=StoreSettings(url=self.db.url),
+            cache=CacheSettings(url=services.redis_url),
         )
         ensure_topics(self.settings)
         self.tiny_model = tiny_model
@@ -352,7 +354,7 @@ class Deployment:
 
     async def _subscribe(self) -> str:
         from schemas.alerts import SubscriptionSpec, ThresholdRule
-        from worker.subscriptions import open_repository
+        from worker.store.subscriptions import open_repository
 
         rule = ThresholdRule(type="threshold", metric="volume", op=">=", value=self.alert_volume,
                              min_count=self.alert_volume)

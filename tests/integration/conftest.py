@@ -28,7 +28,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.database import upgrade
+from worker.store.database import upgrade
 from worker.settings import Settings
 from worker.topics import STAGES, ensure_topics
 
@@ -255,9 +255,7 @@ def pipeline(
         "FINPULSE_ENGINE_THREADS": "1",
         **(marker.kwargs if marker else {}),
     }
-    settings = Settings(
-        namespace=namespace, kafka_url=env["FINPULSE_KAFKA_URL"], database_url=database.url, redis_url=REDIS_URL
-    )
+    settings = Settings.from_env(env, env_file=None)
     ensure_topics(settings)
     worker = Worker(env, tmp_path / "worker.log")
     worker.start()
@@ -276,7 +274,7 @@ def pipeline(
 
 def assert_aggregates_match_documents(db: Database, windows: tuple[int, ...] = (60, 300, 3600)) -> int:
     """Stored aggregates equal a brute-force recomputation from the stored documents; returns rows compared."""
-    from worker.aggregates import GLOBAL, brute_force
+    from worker.stages.aggregates import GLOBAL, brute_force
 
     docs = []
     for r in db.fetch(

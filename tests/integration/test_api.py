@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from worker.api import create_api
+from worker.entrypoints.api import create_api
 from worker.settings import Settings
 
 from .conftest import Database
@@ -22,8 +22,9 @@ SPIKE = {"type": "spike", "metric": "negative_count", "threshold": 3}
 
 
 def _client(database: Database, **overrides: Any) -> TestClient:
-    options: dict[str, Any] = {"database_url": database.url, "api_token": TOKEN, "windows": "60,300,3600", **overrides}
-    return TestClient(create_api(Settings(_env_file=None, **options)))  # type: ignore[call-arg]
+    """A client of the API on `database`; `overrides` are FINPULSE_* settings, read as the process would."""
+    environ = {"FINPULSE_DATABASE_URL": database.url, "FINPULSE_API_TOKEN": TOKEN, **overrides}
+    return TestClient(create_api(Settings.from_env(environ, env_file=None)))
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def test_health(client: TestClient) -> None:
 
 
 def test_health_without_a_store_is_503() -> None:
-    settings = Settings(_env_file=None, database_url="postgresql+asyncpg://finpulse@127.0.0.1:1/none")  # type: ignore[call-arg]
+    settings = Settings.from_env({"FINPULSE_DATABASE_URL": "postgresql+asyncpg://finpulse@127.0.0.1:1/none"}, env_file=None)
     with TestClient(create_api(settings)) as client:
         response = client.get("/health")
     assert response.status_code == 503
@@ -122,7 +123,7 @@ def test_writes_need_the_token(client: TestClient) -> None:
 
 
 def test_writes_are_disabled_without_a_configured_token(database: Database) -> None:
-    with _client(database, api_token=None) as client:
+    with _client(database, FINPULSE_API_TOKEN="") as client:
         for response in (
             client.post("/subscriptions", json=spec(), headers=AUTH),
             client.post("/subscriptions", json=spec()),
@@ -175,7 +176,7 @@ def test_webhooks_to_internal_addresses_are_refused(database: Database, url: str
         sid = client.post("/subscriptions", json=spec(), headers=AUTH).json()["id"]
         assert client.put(f"/subscriptions/{sid}", json=spec(webhook_url=url), headers=AUTH).status_code == 422
         assert client.get(f"/subscriptions/{sid}").json()["webhook_url"] is None
-    with _client(database, webhook_allow_private=True) as client:
+    with _client(database, FINPULSE_WEBHOOK_ALLOW_PRIVATE="true") as client:
         allowed = client.post("/subscriptions", json=spec(webhook_url=url), headers=AUTH)
         assert allowed.status_code == 201, allowed.text
         assert allowed.json()["webhook_secret"]

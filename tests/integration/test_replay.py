@@ -21,7 +21,7 @@ from engines.tiny import build_tiny_checkpoint
 from schemas.alerts import Rule, SubscriptionSpec
 from tests.webhook_receiver import Receiver
 from worker.samples import sample_items
-from worker.subscriptions import open_repository
+from worker.store.subscriptions import open_repository
 
 from .conftest import ROOT, Pipeline, assert_aggregates_match_documents, wait_for
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from worker.cli import cli
+from worker.entrypoints.cli import cli
 
 from .conftest import Database
 

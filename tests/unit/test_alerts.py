@@ -18,13 +18,14 @@ from schemas.alerts import Alert, Rule, SubscriptionSpec
 from schemas.news import Prediction, ScoredItem
 from schemas.tables import AlertRow
 from tests.webhook_receiver import Receiver
-from worker.alerts import spike_score
-from worker.database import upgrade
-from worker.outbox import AlertOutbox
-from worker.settings import Settings
-from worker.store import DocumentStore
-from worker.subscriptions import SubscriptionRepository
-from worker.webhooks import (
+from worker.stages.rules import spike_score
+from worker.store.database import upgrade
+from worker.delivery.outbox import AlertOutbox
+from worker.settings import StoreSettings, WebhookSettings
+from worker.stages.persist import PersistStage
+from worker.store.database import make_engine
+from worker.store.subscriptions import SubscriptionRepository
+from worker.delivery.webhooks import (
     WebhookRefused,
     WebhookUnresolvable,
     check_webhook_url,
@@ -62,44 +63,44 @@ def item(n: int, *, minute: int, entity: str = "TSLA", label: str = "negative", 
 async def store(tmp_path: Path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
     await asyncio.to_thread(upgrade, url)
-    store = DocumentStore(url, (60, 300))
-    yield store
-    await store.close()
+    database = make_engine(url)
+    yield PersistStage(database, StoreSettings(url=url, windows=[60, 300]))
+    await database.dispose()
 
 
-async def subscribe(store: DocumentStore, rule: dict[str, Any], **fields: Any):
+async def subscribe(store: PersistStage, rule: dict[str, Any], **fields: Any):
     spec = SubscriptionSpec(name="test", key_type="entity", key="TSLA", rule=RULE.validate_python(rule), **fields)
-    created = await SubscriptionRepository(store.engine).create(spec)
-    return await SubscriptionRepository(store.engine).list(with_secrets=True), created
+    created = await SubscriptionRepository(store.database).create(spec)
+    return await SubscriptionRepository(store.database).list(with_secrets=True), created
 
 
-async def alerts(store: DocumentStore) -> list[AlertRow]:
-    async with store.engine.connect() as conn:
+async def alerts(store: PersistStage) -> list[AlertRow]:
+    async with store.database.connect() as conn:
         return list((await conn.execute(select(AlertRow).order_by(AlertRow.window_start))).all())
 
 
-async def test_threshold_fires_once_per_window_when_the_window_qualifies(store: DocumentStore) -> None:
+async def test_threshold_fires_once_per_window_when_the_window_qualifies(store: PersistStage) -> None:
     subs, _ = await subscribe(store, {"type": "threshold", "metric": "negative_ratio", "value": 0.5, "min_count": 4})
-    await store.upsert([item(n, minute=0) for n in range(3)], subs)  # 3 documents: below min_count
+    await store.write([item(n, minute=0) for n in range(3)], subs)  # 3 documents: below min_count
     assert await alerts(store) == []
     batch = [item(3, minute=0)] + [item(n, minute=1, label="positive") for n in range(4)]
-    await store.upsert(batch, subs)
-    await store.upsert(batch, subs)  # redelivered: nothing new
-    await store.upsert([item(4, minute=0)], subs)  # the window grows: still one alert
+    await store.write(batch, subs)
+    await store.write(batch, subs)  # redelivered: nothing new
+    await store.write([item(4, minute=0)], subs)  # the window grows: still one alert
     [alert] = await alerts(store)
     assert (alert.key_type, alert.key, alert.window_start.replace(tzinfo=UTC)) == ("entity", "TSLA", T0)
     assert (alert.observed, alert.volume, alert.rule, alert.metric) == (1.0, 4, "threshold", "negative_ratio")
     assert not alert.published and alert.delivery == "none"
 
 
-async def test_spike_compares_a_window_with_its_baseline(store: DocumentStore) -> None:
+async def test_spike_compares_a_window_with_its_baseline(store: PersistStage) -> None:
     rule = {"type": "spike", "metric": "negative_count", "method": "zscore", "threshold": 3, "baseline_windows": 5, "min_count": 6}
     subs, _ = await subscribe(store, rule)
     quiet = [item(n, minute=m) for m in range(5) for n in range(m % 2 + 1)]  # 1 or 2 negatives a minute
-    await store.upsert(quiet, subs)
-    await store.upsert([item(n, minute=5) for n in range(3)], subs)  # 3: above the baseline but under min_count
+    await store.write(quiet, subs)
+    await store.write([item(n, minute=5) for n in range(3)], subs)  # 3: above the baseline but under min_count
     assert await alerts(store) == []
-    await store.upsert([item(n, minute=5) for n in range(3, 10)], subs)
+    await store.write([item(n, minute=5) for n in range(3, 10)], subs)
     [alert] = await alerts(store)
     expected = spike_score(RULE.validate_python(rule), 10, [1, 2, 1, 2, 1])
     assert alert.window_start.replace(tzinfo=UTC) == T0 + timedelta(minutes=5)
@@ -115,29 +116,29 @@ def test_spike_score_keeps_a_flat_baseline_finite() -> None:
     assert spike_score(ratio, 10, [4, 6]).value == 2.0
 
 
-async def test_instant_fires_on_one_confident_negative_document_per_window(store: DocumentStore) -> None:
+async def test_instant_fires_on_one_confident_negative_document_per_window(store: PersistStage) -> None:
     subs, _ = await subscribe(store, {"type": "instant", "min_confidence": 0.8})
-    await store.upsert([item(0, minute=0, p=0.7), item(1, minute=0, label="positive", p=0.95)], subs)
+    await store.write([item(0, minute=0, p=0.7), item(1, minute=0, label="positive", p=0.95)], subs)
     assert await alerts(store) == []
-    await store.upsert([item(2, minute=0, p=0.85), item(3, minute=0, p=0.99), item(4, minute=2, p=0.9)], subs)
+    await store.write([item(2, minute=0, p=0.85), item(3, minute=0, p=0.99), item(4, minute=2, p=0.9)], subs)
     fired = await alerts(store)
     assert [(a.doc_id, a.observed) for a in fired] == [("TSLA-0-2", 0.85), ("TSLA-2-4", 0.9)]
 
 
-async def test_cooldown_suppresses_nearby_windows_of_the_same_key(store: DocumentStore) -> None:
+async def test_cooldown_suppresses_nearby_windows_of_the_same_key(store: PersistStage) -> None:
     subs, _ = await subscribe(store, {"type": "instant", "min_confidence": 0.5}, cooldown_s=180)
-    await store.upsert([item(0, minute=0), item(0, minute=2), item(0, minute=3)], subs)
-    await store.upsert([item(0, minute=1)], subs)  # late, but within the cooldown of minute 0
+    await store.write([item(0, minute=0), item(0, minute=2), item(0, minute=3)], subs)
+    await store.write([item(0, minute=1)], subs)  # late, but within the cooldown of minute 0
     starts = [a.window_start.replace(tzinfo=UTC) for a in await alerts(store)]
     assert starts == [T0, T0 + timedelta(minutes=3)]
 
 
-async def test_a_replay_stores_alerts_without_delivering_webhooks(store: DocumentStore) -> None:
+async def test_a_replay_stores_alerts_without_delivering_webhooks(store: PersistStage) -> None:
     subs, _ = await subscribe(
         store, {"type": "instant", "min_confidence": 0.5}, webhook_url="https://hooks.example.com/finpulse"
     )
-    await store.upsert([item(0, minute=0)], subs)
-    await store.upsert([item(0, minute=1)], subs, deliver_webhooks=False)
+    await store.write([item(0, minute=0)], subs)
+    await store.write([item(0, minute=1)], subs, deliver_webhooks=False)
     assert [a.delivery for a in await alerts(store)] == ["pending", "suppressed"]
 
 
@@ -167,15 +168,15 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-async def test_webhooks_are_signed_retried_and_idempotent(store: DocumentStore, receiver: Receiver) -> None:
+async def test_webhooks_are_signed_retried_and_idempotent(store: PersistStage, receiver: Receiver) -> None:
     subs, created = await subscribe(store, {"type": "instant", "min_confidence": 0.5}, webhook_url=receiver.url)
-    await store.upsert([item(0, minute=0)], subs)
-    settings = Settings(database_url="sqlite+aiosqlite://", webhook_allow_private=True, webhook_retry_initial_s=0.01)
-    outbox = AlertOutbox(settings, engine=store.engine)
+    await store.write([item(0, minute=0)], subs)
+    settings = WebhookSettings(allow_private=True, retry_initial_s=0.01)
+    outbox = AlertOutbox(store.database, settings, kafka_url="kafka://127.0.0.1:9", topic="unused")
     try:
         for _ in range(3):
             await outbox.deliver_due()
-            async with store.engine.begin() as conn:  # skip the back-off wait
+            async with store.database.begin() as conn:  # skip the back-off wait
                 await conn.execute(update(AlertRow).values(next_attempt_at=datetime.now(UTC) - timedelta(seconds=1)))
         await outbox.deliver_due()  # delivered already: no fourth POST
     finally:
@@ -190,10 +191,10 @@ async def test_webhooks_are_signed_retried_and_idempotent(store: DocumentStore, 
         assert Alert.model_validate(json.loads(body)).alert_id == alert.alert_id
 
 
-async def test_a_webhook_to_a_private_address_is_refused_at_delivery(store: DocumentStore, receiver: Receiver) -> None:
+async def test_a_webhook_to_a_private_address_is_refused_at_delivery(store: PersistStage, receiver: Receiver) -> None:
     subs, _ = await subscribe(store, {"type": "instant", "min_confidence": 0.5}, webhook_url=receiver.url)
-    await store.upsert([item(0, minute=0)], subs)
-    outbox = AlertOutbox(Settings(database_url="sqlite+aiosqlite://"), engine=store.engine)
+    await store.write([item(0, minute=0)], subs)
+    outbox = AlertOutbox(store.database, WebhookSettings(), kafka_url="kafka://127.0.0.1:9", topic="unused")
     try:
         await outbox.deliver_due()
     finally:
@@ -209,7 +210,7 @@ async def test_the_post_reaches_the_checked_address_with_the_real_host_name(
     receiver.failures = 0
     port = receiver.server.server_port
     # As if hooks.test had resolved, and been checked, to the receiver's address.
-    monkeypatch.setattr("worker.webhooks.check_webhook_url", lambda url, allow_private: "127.0.0.1")
+    monkeypatch.setattr("worker.delivery.webhooks.check_webhook_url", lambda url, allow_private: "127.0.0.1")
     async with httpx.AsyncClient() as client:
         result = await post_alert(client, f"http://hooks.test:{port}/hook", "s" * 16, "alert-1", b"{}", allow_private=False)
     assert result.ok, result.detail

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.entities import Watchlist, cashtags, find_entities
+from worker.stages.entities import Watchlist, cashtags, find_entities
 
 
 @pytest.fixture(scope="module")

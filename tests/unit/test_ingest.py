@@ -7,7 +7,7 @@ import json
 import pytest
 
 from schemas.news import NewsItem
-from worker.ingest import Rejection, decode_news_item, derive_id, normalise_text
+from worker.stages.decode import Rejection, decode_news_item, derive_id, normalise_text
 
 
 def decode(raw: bytes, limit: int = 1000) -> NewsItem | Rejection:

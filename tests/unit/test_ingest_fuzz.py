@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.news import NewsItem
-from worker.ingest import Rejection, decode_news_item
+from worker.stages.decode import Rejection, decode_news_item
 
 LIMIT = 500
 REASONS = {

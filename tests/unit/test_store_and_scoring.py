@@ -13,12 +13,15 @@ from engines import load_engine
 from engines.tiny import build_tiny_checkpoint
 from schemas.news import NewsItem, Prediction, ScoredItem
 from worker import metrics
-from worker.aggregates import brute_force, keys_of
-from worker.cache import ScoreCache
-from worker.database import upgrade
-from worker.entities import Watchlist
-from worker.scoring import Scorer
-from worker.store import DocumentStore, write_durably
+from worker.stages.aggregates import brute_force, keys_of
+from worker.stages.cache import ScoreCache
+from worker.store.database import upgrade
+from worker.stages.entities import Watchlist
+from worker.settings import CacheSettings, StoreSettings
+from worker.stages.persist import PersistStage
+from worker.stages.records import Accepted, Record
+from worker.stages.score import ScoreStage
+from worker.store.database import make_engine
 
 
 def scored(doc_id: str, *, version: str = "m1", label: str = "neutral", source: str = "news") -> ScoredItem:
@@ -44,45 +47,42 @@ def scored(doc_id: str, *, version: str = "m1", label: str = "neutral", source: 
 async def store(tmp_path: Path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
     await asyncio.to_thread(upgrade, url)  # Alembic's env runs its own event loop
-    store = DocumentStore(url)
-    yield store
-    await store.close()
+    database = make_engine(url)
+    yield PersistStage(database, StoreSettings(url=url, retry_initial_s=0.01, retry_max_s=0.01))
+    await database.dispose()
 
 
-async def rows(store: DocumentStore) -> list[tuple]:
-    async with store.engine.connect() as conn:
+async def rows(store: PersistStage) -> list[tuple]:
+    async with store.database.connect() as conn:
         result = await conn.execute(text("SELECT doc_id, model_version, sentiment_label FROM documents ORDER BY 1, 2"))
         return [tuple(r) for r in result]
 
 
-async def test_upsert_is_idempotent_and_keyed_by_model_version(store: DocumentStore) -> None:
-    await store.upsert([scored("a"), scored("b")])
-    await store.upsert([scored("a"), scored("b")])  # a redelivered batch
-    await store.upsert([scored("a", version="m2", label="positive")])  # a re-score with a new model
-    await store.upsert([scored("b", label="negative"), scored("b", label="positive")])  # same key twice in one batch
+async def test_upsert_is_idempotent_and_keyed_by_model_version(store: PersistStage) -> None:
+    await store.write([scored("a"), scored("b")])
+    await store.write([scored("a"), scored("b")])  # a redelivered batch
+    await store.write([scored("a", version="m2", label="positive")])  # a re-score with a new model
+    await store.write([scored("b", label="negative"), scored("b", label="positive")])  # same key twice in one batch
     assert await rows(store) == [("a", "m1", "neutral"), ("a", "m2", "positive"), ("b", "m1", "positive")]
 
 
-async def test_rows_the_database_refuses_are_isolated_and_rejected(store: DocumentStore) -> None:
-    async with store.engine.begin() as conn:
+async def test_rows_the_database_refuses_are_isolated_and_rejected(store: PersistStage) -> None:
+    async with store.database.begin() as conn:
         await conn.execute(
             text("CREATE TRIGGER refuse BEFORE INSERT ON documents WHEN NEW.source = 'poison' "
                  "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END")
         )
-    rejected: list[str] = []
-
-    async def on_rejected(item: ScoredItem, exc: BaseException) -> None:
-        rejected.append(item.id)
-
-    batch = [scored(f"ok-{n}") for n in range(5)] + [scored("bad", source="poison")] + [scored("ok-5")]
-    await write_durably(store, batch, on_rejected=on_rejected, initial_s=0.01, max_s=0.01)
-    assert rejected == ["bad"]
+    items = [scored(f"ok-{n}") for n in range(5)] + [scored("bad", source="poison")] + [scored("ok-5")]
+    result = await store([Accepted(Record(value=None, offset=n), item) for n, item in enumerate(items)])
+    assert [(r.record.offset, r.reason, r.stage) for r in result.rejected] == [(5, "store_rejected", "persist")]
+    assert "poisoned row" in result.rejected[0].detail
+    assert result.stored == 6
     assert [r[0] for r in await rows(store)] == [f"ok-{n}" for n in range(6)]
 
 
 async def test_scorer_scores_each_distinct_text_once_without_a_cache(tmp_path: Path) -> None:
     engine = load_engine(build_tiny_checkpoint(tmp_path / "tiny"), "torch")
-    scorer = Scorer(engine, ScoreCache(None, prefix="t:", ttl_s=60, timeout_s=0.1, retry_s=1), Watchlist.load(), None)
+    scorer = ScoreStage(engine, ScoreCache(CacheSettings(url=None), prefix="t:"), Watchlist.load(), None)
     items = [NewsItem(id=str(n), text=t) for n, t in enumerate(["Gewinn steigt", "利润下降", "Gewinn steigt"])]
     before = metrics.ENGINE_TEXTS._value.get()
     results = await scorer.score(items)
@@ -94,8 +94,8 @@ async def test_scorer_scores_each_distinct_text_once_without_a_cache(tmp_path: P
     assert all(r.model_version == engine.model_version for r in results)
 
 
-async def stored_aggregates(store: DocumentStore) -> dict[tuple, tuple]:
-    async with store.engine.connect() as conn:
+async def stored_aggregates(store: PersistStage) -> dict[tuple, tuple]:
+    async with store.database.connect() as conn:
         result = await conn.execute(
             text(
                 "SELECT window_s, window_start, key_type, key, model_version, count_negative, count_neutral,"
@@ -119,7 +119,7 @@ def expected_aggregates(items: list[ScoredItem], windows: tuple[int, ...]) -> di
     return out
 
 
-async def test_aggregates_always_equal_a_recomputation_from_documents(store: DocumentStore) -> None:
+async def test_aggregates_always_equal_a_recomputation_from_documents(store: PersistStage) -> None:
     base = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 
     def item(doc_id: str, seconds: int, label: str, entities: list[str], **kw) -> ScoredItem:
@@ -132,7 +132,7 @@ async def test_aggregates_always_equal_a_recomputation_from_documents(store: Doc
 
     async def write(*items: ScoredItem) -> None:
         history.extend(items)
-        await store.upsert(list(items))
+        await store.write(list(items))
         assert await stored_aggregates(store) == expected_aggregates(history, store.windows)
 
     await write(item("a", 5, "negative", ["TSLA"]), item("b", 50, "positive", ["TSLA", "AAPL"]))

@@ -1,4 +1,4 @@
-"""Aggregation keys and tumbling windows: plain functions shared by the stream and the store.
+"""Aggregation keys and tumbling windows: plain functions shared by the stages and the store.
 
 Every scored document counts once under each of its keys: the global key, its source,
 its language, its topic and each entity it mentions, in every window size.
@@ -22,7 +22,8 @@ def keys_of(item: ScoredItem) -> list[tuple[str, str]]:
 
 
 def epoch_seconds(moment: datetime) -> int:
-    return int(moment.timestamp())
+    """A time without an offset is UTC (SQLite hands back stored times that way)."""
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
 
 
 def window_start(event_ts: int, window_s: int) -> int:

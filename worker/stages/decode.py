@@ -1,7 +1,8 @@
-"""Decode, validate and normalise raw `NewsItem` bytes: plain functions, no Kafka.
+"""Stage 1, decode: raw bytes to validated, normalised `NewsItem`s (and `ScoredItem`s for persist).
 
 Bad input is data, not an exception: `decode_news_item` returns either an item or a
-`Rejection` with a machine-readable reason, which the agent routes to the DLQ.
+`Rejection` with a machine-readable reason, and `decode` turns those into `Reject`s
+that the driver routes to the DLQ.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.news import NewsItem
+from schemas.news import NewsItem, ScoredItem
+from worker.stages.records import Accepted, Record, Reject, StageResult
 
 MAX_JSON_DEPTH = 32
 
@@ -112,3 +115,26 @@ def decode_news_item(raw: bytes | None, *, max_text_chars: int) -> NewsItem | Re
     if not text:
         return Rejection("empty_text", "text is empty after normalisation")
     return item.model_copy(update={"text": text, "id": item.id or derive_id(item.source, text)})
+
+
+def decode(records: Sequence[Record], *, max_text_chars: int) -> StageResult[NewsItem]:
+    """Every record as a `NewsItem`, or a reject (stage `ingest`) saying why not."""
+    result: StageResult[NewsItem] = StageResult()
+    for record in records:
+        decoded = decode_news_item(record.value, max_text_chars=max_text_chars)
+        if isinstance(decoded, Rejection):
+            result.rejected.append(Reject(record, decoded.reason, decoded.detail, stage="ingest"))
+        else:
+            result.accepted.append(Accepted(record, decoded))
+    return result
+
+
+def decode_scored(records: Sequence[Record]) -> StageResult[ScoredItem]:
+    """The persist stage's input from the scored topic; what does not parse is rejected (stage `persist`)."""
+    result: StageResult[ScoredItem] = StageResult()
+    for record in records:
+        try:
+            result.accepted.append(Accepted(record, ScoredItem.model_validate_json(record.value or b"")))
+        except ValidationError as exc:
+            result.rejected.append(Reject(record, "invalid_scored_item", str(exc)[:500], stage="persist"))
+    return result

@@ -2,8 +2,8 @@
 
 The range [from, to) is located per partition with Kafka's offsets-for-times (message
 timestamps), read by a consumer group of its own, and sent through the worker's own
-stages: decode and validate, score (Redis cache included), then the store's upsert,
-which recomputes the aggregates and judges the alerts in the same transaction.
+stages: decode and validate, score (Redis cache included), then persist, whose one
+transaction upserts the documents, recomputes the aggregates and judges the alerts.
 
 - Another model: its version is part of every key, so its scores land beside the old ones.
 - Resumable: the group's offsets are committed only after a batch is in SQL. The group
@@ -22,20 +22,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from tqdm import tqdm
 
 from engines import Engine
-from schemas.news import NewsItem, ScoredItem
-from worker.ingest import Rejection, decode_news_item
-from worker.outbox import AlertOutbox
-from worker.scoring import EngineFailed, Scorer, build_scorer
+from worker.delivery.outbox import AlertOutbox
 from worker.settings import Settings
-from worker.store import DocumentStore, write_durably
-from worker.subscriptions import LiveSubscriptions, SubscriptionRepository
+from worker.stages.decode import decode
+from worker.stages.persist import PersistStage
+from worker.stages.records import Record, Reject
+from worker.stages.score import ScoreStage, build_score_stage
+from worker.store.database import make_engine
+from worker.store.subscriptions import LiveSubscriptions, SubscriptionRepository
 from worker.topics import bootstrap_servers
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ class ReplayReport:
     stored: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     complete: bool = False
+
+    def count(self, rejects: Sequence[Reject]) -> None:
+        for reject in rejects:
+            self.rejected[reject.reason] = self.rejected.get(reject.reason, 0) + 1
 
 
 def replay_group(settings: Settings, topic: str, start: datetime, end: datetime, model_version: str) -> str:
@@ -115,14 +121,14 @@ async def replay(
     topic = topic or settings.topic("docs")
     group = replay_group(settings, topic, start, end, engine.model_version)
     report = ReplayReport(group=group)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings.kafka_url), group_id=group, enable_auto_commit=False
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.kafka_url), acks="all", enable_idempotence=True)
-    store = DocumentStore(settings.database_url, settings.window_sizes)
-    outbox = AlertOutbox(settings, engine=store.engine)
-    subscriptions = LiveSubscriptions(SubscriptionRepository(store.engine), settings.subscriptions_refresh_s)
-    scorer = build_scorer(settings, engine)
+    brokers = bootstrap_servers(settings.kafka.url)
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=group, enable_auto_commit=False)
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=True)
+    database = make_engine(settings.store.url)
+    outbox = AlertOutbox(database, settings.webhooks, kafka_url=settings.kafka.url, topic=settings.topic("alerts"))
+    subscriptions = LiveSubscriptions(SubscriptionRepository(database), settings.store.subscriptions_refresh_s)
+    persist = PersistStage(database, settings.store, subscriptions)
+    score = build_score_stage(engine, settings.pipeline, settings.cache, cache_prefix=settings.redis_prefix)
     try:
         await consumer.start()
         await producer.start()
@@ -133,7 +139,7 @@ async def replay(
         remaining = {tp: last for tp, (_, begin, last) in plan.items() if begin < last}
         for tp, (_, begin, _) in plan.items():
             consumer.seek(tp, begin)
-        await scorer.warm_up()
+        await score.warm_up()
         bar = tqdm(
             total=report.in_range, initial=report.resumed_from, unit="msg", desc=f"replay {topic}",
             disable=None if progress else True,  # None: shown on a terminal only
@@ -152,7 +158,7 @@ async def replay(
                     if kept:
                         next_offsets[tp] = kept[-1].offset + 1
                 if batch:
-                    await _process(settings, scorer, store, subscriptions, producer, batch, start, end, deliver_webhooks, report)
+                    await _process(settings, score, persist, producer, batch, start, end, deliver_webhooks, report)
                     await consumer.commit(next_offsets)  # only now: the batch is durably in SQL
                     report.read += len(batch)
                     bar.update(len(batch))
@@ -166,9 +172,9 @@ async def replay(
                         del remaining[tp]
         report.complete = not remaining
     finally:
-        await scorer.close()
+        await score.close()
         await outbox.close()
-        await store.close()
+        await database.dispose()
         await producer.stop()
         await consumer.stop()
     return report
@@ -176,9 +182,8 @@ async def replay(
 
 async def _process(
     settings: Settings,
-    scorer: Scorer,
-    store: DocumentStore,
-    subscriptions: LiveSubscriptions,
+    score: ScoreStage,
+    persist: PersistStage,
     producer: AIOKafkaProducer,
     batch: list[ConsumerRecord[bytes, bytes]],
     start: datetime,
@@ -186,45 +191,18 @@ async def _process(
     deliver_webhooks: bool,
     report: ReplayReport,
 ) -> None:
-    """One batch through the worker's stages, until it is durably in SQL."""
-    valid: list[NewsItem] = []
-    arrived: list[datetime] = []
+    """One batch through the worker's stages, until it is durably in SQL; rejects are counted, not dead-lettered."""
     lo, hi = _ms(start), _ms(end)
-    for message in batch:
-        if not lo <= message.timestamp < hi:  # within the offsets, but stamped outside the range
-            continue
-        decoded = decode_news_item(message.value or b"", max_text_chars=settings.max_text_chars)
-        if isinstance(decoded, Rejection):
-            report.rejected[decoded.reason] = report.rejected.get(decoded.reason, 0) + 1
-            continue
-        valid.append(decoded)
-        arrived.append(datetime.fromtimestamp(message.timestamp / 1000, UTC))
-    if not valid:
-        return
-    results = await scorer.score(valid, arrived)
-    items: list[ScoredItem] = []
-    for result in results:
-        if isinstance(result, EngineFailed):
-            report.rejected["engine_error"] = report.rejected.get("engine_error", 0) + 1
-        else:
-            items.append(result)
-
-    refused: list[str] = []
-
-    async def on_refused(item: ScoredItem, exc: BaseException) -> None:
-        refused.append(item.id)
-        report.rejected["store_rejected"] = report.rejected.get("store_rejected", 0) + 1
-
-    aggregates = await write_durably(
-        store,
-        items,
-        on_rejected=on_refused,
-        initial_s=settings.store_retry_initial_s,
-        max_s=settings.store_retry_max_s,
-        subscriptions=subscriptions.current,
-        deliver_webhooks=deliver_webhooks,
-    )
-    report.stored += len(items) - len(refused)
-    for aggregate in aggregates:
+    records = [
+        Record(value=m.value, key=m.key, topic=m.topic, partition=m.partition, offset=m.offset, timestamp_ms=m.timestamp)
+        for m in batch
+        if lo <= m.timestamp < hi  # within the offsets, but stamped outside the range: not ours
+    ]
+    decoded = decode(records, max_text_chars=settings.pipeline.max_text_chars)
+    scored = await score(decoded.accepted)
+    persisted = await persist(scored.accepted, deliver_webhooks=deliver_webhooks)
+    report.count(decoded.rejected + scored.rejected + persisted.rejected)
+    report.stored += persisted.stored
+    for aggregate in persisted.aggregates:
         await producer.send(settings.topic("aggregates"), aggregate.model_dump_json().encode(), key=aggregate.message_key)
     await producer.flush()

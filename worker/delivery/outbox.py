@@ -21,27 +21,30 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import Select, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schemas.tables import AlertRow, SubscriptionRow
 from worker import metrics
-from worker.alerts import alert_of
+from worker.backoff import Backoff
+from worker.delivery.webhooks import post_alert
 from worker.logfilter import Throttle
-from worker.settings import Settings
+from worker.settings import WebhookSettings
+from worker.store.alerts import alert_of
+from worker.store.unit_of_work import unit_of_work
 from worker.topics import bootstrap_servers
-from worker.webhooks import post_alert
 
 log = logging.getLogger(__name__)
 log.addFilter(Throttle(every_s=30))  # an outage fails every pass (twice a second): say so twice a minute
 
 
 class AlertOutbox:
-    def __init__(self, settings: Settings, *, engine: AsyncEngine | None = None) -> None:
+    """Sends stored alerts; the caller owns the SQL engine."""
+
+    def __init__(self, database: AsyncEngine, settings: WebhookSettings, *, kafka_url: str, topic: str) -> None:
+        self.database = database
         self.settings = settings
-        self.engine = engine or create_async_engine(settings.database_url, pool_pre_ping=True)
-        self._owns_engine = engine is None
-        self.topic = settings.topic("alerts")
+        self.kafka_url = kafka_url
+        self.topic = topic
+        self.backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._producer: AIOKafkaProducer | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -58,43 +61,26 @@ class AlertOutbox:
         finally:
             await asyncio.shield(self.close())
 
-    def _claim(self, query: Select[Any]) -> Select[Any]:
-        if self.engine.dialect.name == "postgresql":
-            return query.with_for_update(skip_locked=True, of=AlertRow)
-        return query
-
     async def publish_pending(self, limit: int = 500) -> int:
         """Send unpublished alerts to the alerts topic, oldest first; mark them once the broker acknowledged."""
         producer = await self._kafka()
-        async with self.engine.begin() as conn:
-            query = select(AlertRow).where(AlertRow.published.is_(False)).order_by(AlertRow.fired_at).limit(limit)
-            rows = (await conn.execute(self._claim(query))).all()
+        async with unit_of_work(self.database) as uow:
+            rows = await uow.alerts.claim_unpublished(limit)
             for row in rows:
                 alert = alert_of(row)
                 await producer.send_and_wait(self.topic, alert.model_dump_json().encode(), key=alert.alert_id.encode())
-            if rows:
-                ids = [row.alert_id for row in rows]
-                await conn.execute(update(AlertRow).where(AlertRow.alert_id.in_(ids)).values(published=True))
+            await uow.alerts.mark_published([row.alert_id for row in rows])
         metrics.ALERTS_PUBLISHED.inc(len(rows))
         return len(rows)
 
     async def deliver_due(self, limit: int = 20) -> int:
         """POST due webhooks concurrently; each failure is rescheduled with back-off, up to the attempt limit."""
-        now = datetime.now(UTC)
-        query = (
-            select(AlertRow.__table__, SubscriptionRow.webhook_url, SubscriptionRow.webhook_secret)
-            .outerjoin(SubscriptionRow, SubscriptionRow.id == AlertRow.subscription_id)
-            .where(AlertRow.delivery == "pending", AlertRow.next_attempt_at <= now)
-            .order_by(AlertRow.next_attempt_at)
-            .limit(limit)
-        )
-        async with self.engine.begin() as conn:
-            rows = (await conn.execute(self._claim(query))).all()
+        async with unit_of_work(self.database) as uow:
+            rows = await uow.alerts.claim_due_webhooks(datetime.now(UTC), limit)
             outcomes = await asyncio.gather(*(self._deliver_one(row) for row in rows))
             for values, row in zip(outcomes, rows):
-                await conn.execute(update(AlertRow).where(AlertRow.alert_id == row.alert_id).values(**values))
+                await uow.alerts.record_delivery(row.alert_id, values)
         return len(rows)
-
     async def _deliver_one(self, row: Any) -> dict[str, Any]:
         if not row.webhook_url or not row.webhook_secret:
             return {"delivery": "failed", "last_error": "the subscription or its webhook was removed"}
@@ -105,19 +91,19 @@ class AlertOutbox:
             row.webhook_secret,
             row.alert_id,
             body,
-            allow_private=self.settings.webhook_allow_private,
+            allow_private=self.settings.allow_private,
         )
         attempts = row.delivery_attempts + 1
         now = datetime.now(UTC)
         if result.ok:
             metrics.WEBHOOK_POSTS.labels("delivered").inc()
             return {"delivery": "delivered", "delivery_attempts": attempts, "delivered_at": now, "last_error": None}
-        if not result.retry or attempts >= self.settings.webhook_max_attempts:
+        if not result.retry or attempts >= self.settings.max_attempts:
             metrics.WEBHOOK_POSTS.labels("failed").inc()
             log.warning("webhook for alert %s failed for good after %d attempts: %s", row.alert_id, attempts, result.detail)
             return {"delivery": "failed", "delivery_attempts": attempts, "last_error": result.detail}
         metrics.WEBHOOK_POSTS.labels("retry").inc()
-        backoff = min(self.settings.webhook_retry_initial_s * 2 ** (attempts - 1), self.settings.webhook_retry_max_s)
+        backoff = self.backoff.delay(attempts - 1)
         return {
             "delivery_attempts": attempts,
             "next_attempt_at": now + timedelta(seconds=backoff),
@@ -127,7 +113,7 @@ class AlertOutbox:
     async def _kafka(self) -> AIOKafkaProducer:
         if self._producer is None:
             producer = AIOKafkaProducer(
-                bootstrap_servers=bootstrap_servers(self.settings.kafka_url), acks="all", enable_idempotence=True
+                bootstrap_servers=bootstrap_servers(self.kafka_url), acks="all", enable_idempotence=True
             )
             await producer.start()
             self._producer = producer
@@ -135,7 +121,7 @@ class AlertOutbox:
 
     async def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.settings.webhook_timeout_s)
+            self._client = httpx.AsyncClient(timeout=self.settings.timeout_s)
         return self._client
 
     async def close(self) -> None:
@@ -145,5 +131,3 @@ class AlertOutbox:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-        if self._owns_engine:
-            await self.engine.dispose()

@@ -1,8 +1,8 @@
 """Redis score cache keyed by (model version, text hash). A cache: losing it slows, never breaks.
 
 Every call is one round trip (MGET, or a pipeline of SET EX). When Redis fails the
-cache steps aside for `retry_s`, the worker scores without it, and it comes back by
-itself once Redis answers again.
+cache steps aside for a jittered `FINPULSE_CACHE_RETRY_S` (worker/backoff.py), the worker
+scores without it, and it comes back by itself once Redis answers again.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from redis.exceptions import RedisError
 
 from engines import HeadPrediction, Scores
 from worker import metrics
+from worker.backoff import Backoff
+from worker.settings import CacheSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +36,33 @@ def _encode(scores: Scores) -> str:
     )
 
 
-def _decode(raw: bytes) -> Scores:
-    data = json.loads(raw)
-    return Scores(sentiment=HeadPrediction(*data["sentiment"]), topic=HeadPrediction(*data["topic"]))
+def _decode(raw: bytes) -> Scores | None:
+    """The cached scores, or None for a value finpulse did not write (a miss, overwritten on put)."""
+    try:
+        data = json.loads(raw)
+        return Scores(sentiment=HeadPrediction(*data["sentiment"]), topic=HeadPrediction(*data["topic"]))
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 class ScoreCache:
-    def __init__(self, url: str | None, *, prefix: str, ttl_s: int, timeout_s: float, retry_s: float) -> None:
+    def __init__(self, settings: CacheSettings, *, prefix: str) -> None:
         self._client = (
             aioredis.Redis.from_url(
-                url,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
+                settings.url,
+                socket_timeout=settings.timeout_s,
+                socket_connect_timeout=settings.timeout_s,
                 # After a Redis restart the pooled connections are dead; one retry on a fresh
                 # connection hides that instead of bypassing the cache for another retry_s.
                 retry=Retry(NoBackoff(), 1),
                 retry_on_error=[RedisConnectionError],
             )
-            if url
+            if settings.url
             else None
         )
         self._prefix = prefix
-        self._ttl_s = ttl_s
-        self._retry_s = retry_s
+        self._ttl_s = settings.ttl_s
+        self._backoff = Backoff(settings.retry_s, settings.retry_s)
         self._down_until = 0.0
         self._down = False
         metrics.CACHE_UP.set(1 if self._client else 0)
@@ -71,9 +77,10 @@ class ScoreCache:
     def _failed(self, exc: BaseException) -> None:
         metrics.CACHE_ERRORS.inc()
         metrics.CACHE_UP.set(0)
-        self._down_until = time.monotonic() + self._retry_s
+        wait = self._backoff.delay(0)
+        self._down_until = time.monotonic() + wait
         if not self._down:
-            log.warning("Redis cache unavailable (%s); scoring without it, retrying in %.0fs", exc, self._retry_s)
+            log.warning("Redis cache unavailable (%s); scoring without it, retrying in %.1fs", exc, wait)
         self._down = True
 
     def _succeeded(self) -> None:
@@ -94,7 +101,8 @@ class ScoreCache:
             self._failed(exc)
             return {}
         self._succeeded()
-        found = {h: _decode(v) for h, v in zip(hashes, values) if v is not None}
+        decoded = {h: _decode(v) for h, v in zip(hashes, values) if v is not None}
+        found = {h: scores for h, scores in decoded.items() if scores is not None}
         metrics.CACHE_HITS.inc(len(found))
         metrics.CACHE_MISSES.inc(len(hashes) - len(found))
         return found

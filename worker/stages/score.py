@@ -1,7 +1,8 @@
-"""Score a micro-batch: cache lookup in one round trip, the model on the misses only.
+"""Stage 2, score: language, entities, the Redis cache in one round trip, the model on the misses only.
 
 The model runs in a single worker thread so the event loop keeps consuming while it
-works; identical texts in a batch are scored once.
+works; identical texts in a batch are scored once. A text the model fails on is
+rejected alone (`engine_error`), never the batch.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from datetime import UTC, datetime
 from engines import Engine, Scores
 from schemas.news import NewsItem, Prediction, ScoredItem
 from worker import metrics
-from worker.cache import ScoreCache
-from worker.entities import Watchlist, find_entities
-from worker.ingest import text_hash
-from worker.language import LanguageDetector, normalise_lang
-from worker.settings import Settings
+from worker.settings import CacheSettings, PipelineSettings
+from worker.stages.cache import ScoreCache
+from worker.stages.decode import text_hash
+from worker.stages.entities import Watchlist, find_entities
+from worker.stages.language import LanguageDetector, normalise_lang
+from worker.stages.records import Accepted, Reject, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ class EngineFailed(RuntimeError):
     """The model raised on a text; the item goes to the DLQ instead of stopping the stream."""
 
 
-class Scorer:
+class ScoreStage:
     def __init__(
         self, engine: Engine, cache: ScoreCache, watchlist: Watchlist, languages: LanguageDetector | None
     ) -> None:
@@ -77,6 +79,20 @@ class Scorer:
         for text in texts:
             results |= await self._predict_isolating_failures([text])
         return results
+
+    async def __call__(self, batch: Sequence[Accepted[NewsItem]]) -> StageResult[ScoredItem]:
+        """A `ScoredItem` per item, in order, or an `engine_error` reject (stage `score`)."""
+        result: StageResult[ScoredItem] = StageResult()
+        if not batch:
+            return result
+        items = [accepted.value for accepted in batch]
+        scored = await self.score(items, [accepted.record.arrived_at() for accepted in batch])
+        for accepted, outcome in zip(batch, scored):
+            if isinstance(outcome, EngineFailed):
+                result.rejected.append(Reject(accepted.record, "engine_error", str(outcome), stage="score"))
+            else:
+                result.accepted.append(Accepted(accepted.record, outcome))
+        return result
 
     async def score(
         self, items: Sequence[NewsItem], arrived: Sequence[datetime] | None = None
@@ -138,14 +154,9 @@ class Scorer:
         await self.cache.close()
 
 
-def build_scorer(settings: Settings, engine: Engine) -> Scorer:
-    """The scorer as the worker and `finpulse replay` configure it: Redis cache, watchlist, language detection."""
-    cache = ScoreCache(
-        settings.redis_url,
-        prefix=settings.redis_prefix,
-        ttl_s=settings.cache_ttl_s,
-        timeout_s=settings.cache_timeout_s,
-        retry_s=settings.cache_retry_s,
-    )
-    languages = LanguageDetector() if settings.detect_language else None
-    return Scorer(engine, cache, Watchlist.load(settings.watchlist), languages)
+def build_score_stage(
+    engine: Engine, pipeline: PipelineSettings, cache: CacheSettings, *, cache_prefix: str
+) -> ScoreStage:
+    """The stage as every driver configures it: Redis cache (none when its URL is empty), watchlist, language detection."""
+    languages = LanguageDetector() if pipeline.detect_language else None
+    return ScoreStage(engine, ScoreCache(cache, prefix=cache_prefix), Watchlist.load(pipeline.watchlist), languages)

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from worker.samples import sample_items
+from worker.settings import CacheSettings, EngineSettings, KafkaSettings, Settings, StoreSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = ROOT / "demo-data"
@@ -34,10 +35,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _model_dir() -> Path:
-    configured = os.environ.get("FINPULSE_MODEL_DIR")
-    if configured:
-        return Path(configured)
+def _model_dir(engine: EngineSettings) -> Path:
+    """FINPULSE_MODEL_DIR when it is set, else a tiny random-weight model built once."""
+    if "model_dir" in engine.model_fields_set:
+        return Path(engine.model_dir)
     from engines.tiny import build_tiny_checkpoint
 
     tiny = DEMO_DIR / "tiny-mbert"
@@ -56,35 +57,33 @@ def _stored(db_path: Path) -> int:
 
 def run_demo(count: int = 210) -> int:
     from ops import services
-    from worker.database import upgrade
-    from worker.settings import Settings
+    from worker.store.database import upgrade
     from worker.topics import bootstrap_servers, ensure_topics
 
     services.up(["kafka"])
     DEMO_DIR.mkdir(exist_ok=True)
     db_path = DEMO_DIR / "finpulse.db"
     db_path.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "FINPULSE_NAMESPACE": f"demo{int(time.time())}",
-        "FINPULSE_KAFKA_URL": f"kafka://{services.url('kafka').split('://')[-1]}",
-        "FINPULSE_REDIS_URL": "",
-        "FINPULSE_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
-        "FINPULSE_MODEL_DIR": str(_model_dir()),
-        "FINPULSE_WEB_PORT": str(_free_port()),
-    }
-    settings = Settings(
-        namespace=env["FINPULSE_NAMESPACE"], kafka_url=env["FINPULSE_KAFKA_URL"], database_url=env["FINPULSE_DATABASE_URL"]
+    configured = Settings.from_env()
+    settings = configured.model_copy(
+        update={
+            "namespace": f"demo{int(time.time())}",
+            "kafka": KafkaSettings(url=f"kafka://{services.url('kafka').split('://')[-1]}", web_port=_free_port()),
+            "cache": CacheSettings(url=None),
+            "store": StoreSettings(url=f"sqlite+aiosqlite:///{db_path}"),
+            "engine": configured.engine.model_copy(update={"model_dir": str(_model_dir(configured.engine))}),
+        }
     )
-    upgrade(settings.database_url)
-    asyncio.run(_subscribe(settings.database_url))
+    env = {**os.environ, **settings.to_env()}  # the worker process reads the same settings back
+    upgrade(settings.store.url)
+    asyncio.run(_subscribe(settings.store.url))
     ensure_topics(settings)
     log_path = DEMO_DIR / "worker.log"
     console.print(f"starting the worker (log: {log_path})")
     with log_path.open("wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "worker", "worker"], cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
-        _produce(settings, bootstrap_servers(settings.kafka_url), count)
+        _produce(settings, bootstrap_servers(settings.kafka.url), count)
         deadline = time.monotonic() + 180
         with console.status("waiting for the worker to store every document…"):
             while _stored(db_path) < count and time.monotonic() < deadline:
@@ -107,7 +106,7 @@ async def _subscribe(database_url: str) -> None:
     from pydantic import TypeAdapter
 
     from schemas.alerts import Rule, SubscriptionSpec
-    from worker.subscriptions import open_repository
+    from worker.store.subscriptions import open_repository
 
     rule = TypeAdapter(Rule).validate_python({"type": "threshold", "metric": "volume", "value": 3, "min_count": 3})
     spec = SubscriptionSpec(name="company in the news", key_type="entity", key="*", window_s=3600, rule=rule)
@@ -121,7 +120,7 @@ def _delete_topics(settings) -> None:  # type: ignore[no-untyped-def]
 
     from worker.topics import STAGES, bootstrap_servers
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.kafka_url))
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.kafka.url))
     try:
         admin.delete_topics([settings.topic(stage) for stage in STAGES])
     finally:

@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 
 from pydantic import TypeAdapter
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.alerts import ANY_KEY, Rule, Subscription, SubscriptionSpec
 from schemas.tables import SubscriptionRow
-from worker.webhooks import WebhookRefused, check_webhook_url
+from worker.delivery.webhooks import WebhookRefused, check_webhook_url
+from worker.store.database import make_engine
 
 _RULE = TypeAdapter(Rule)
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class SubscriptionRepository:
 @asynccontextmanager
 async def open_repository(database_url: str) -> AsyncIterator[SubscriptionRepository]:
     """A repository on a short-lived engine, for one-off callers: the CLI, the demo, tests."""
-    engine = create_async_engine(database_url)
+    engine = make_engine(database_url)
     try:
         yield SubscriptionRepository(engine)
     finally:

@@ -24,18 +24,14 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import text
 
 from schemas.aggregates import WindowAggregate
 from schemas.alerts import Alert, KeyType, Subscription, SubscriptionSpec
-from schemas.tables import Aggregate, AlertRow
 from worker.settings import Settings
-from worker.subscriptions import (
-    SubscriptionError,
-    SubscriptionRepository,
-    validate_spec,
-)
+from worker.store.database import make_engine
+from worker.store.subscriptions import SubscriptionError, SubscriptionRepository, validate_spec
+from worker.store.unit_of_work import reading
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0
@@ -70,8 +66,10 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 
 def create_api(settings: Settings) -> FastAPI:
-    engine = create_async_engine(settings.database_url, pool_pre_ping=True)
+    engine = make_engine(settings.store.url)
     repository = SubscriptionRepository(engine)
+    windows = settings.store.windows
+    token = settings.api.token
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -87,7 +85,7 @@ def create_api(settings: Settings) -> FastAPI:
     )
 
     async def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
-        if not settings.api_token:
+        if not token:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "writes are disabled: set FINPULSE_API_TOKEN")
         if credentials is None:
             raise HTTPException(
@@ -95,7 +93,7 @@ def create_api(settings: Settings) -> FastAPI:
                 "missing API token: send Authorization: Bearer <FINPULSE_API_TOKEN>",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if not hmac.compare_digest(credentials.credentials.encode(), settings.api_token.encode()):
+        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED, "invalid API token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
             )
@@ -103,7 +101,7 @@ def create_api(settings: Settings) -> FastAPI:
     async def checked(spec: SubscriptionSpec) -> SubscriptionSpec:
         try:  # in a thread: the webhook check resolves the host name
             await run_in_threadpool(
-                validate_spec, spec, windows=settings.window_sizes, allow_private_webhooks=settings.webhook_allow_private
+                validate_spec, spec, windows=windows, allow_private_webhooks=settings.webhooks.allow_private
             )
         except SubscriptionError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
@@ -175,23 +173,16 @@ def create_api(settings: Settings) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=10_000, description="The latest this many points")] = 1000,
     ) -> list[WindowAggregate]:
         """One key's sentiment per window, oldest first: the latest `limit` points in the range, one per model version."""
-        if window_s not in settings.window_sizes:
+        if window_s not in windows:
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"window_s={window_s} is not one of the worker's windows {settings.window_sizes} (FINPULSE_WINDOWS)",
+                f"window_s={window_s} is not one of the worker's windows {windows} (FINPULSE_WINDOWS)",
             )
-        table = Aggregate.__table__
-        query = select(table).where(table.c.key_type == key_type, table.c.key == key, table.c.window_s == window_s)
-        if since is not None:
-            query = query.where(table.c.window_start >= _utc(since))
-        if until is not None:
-            query = query.where(table.c.window_start < _utc(until))
-        if model_version is not None:
-            query = query.where(table.c.model_version == model_version)
-        query = query.order_by(table.c.window_start.desc(), table.c.model_version.desc()).limit(limit)
-        async with engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [WindowAggregate.model_validate(dict(row._mapping)) for row in reversed(rows)]
+        async with reading(engine) as store:
+            return await store.aggregates.series(
+                key_type=key_type, key=key, window_s=window_s, since=_utc(since), until=_utc(until),
+                model_version=model_version, limit=limit,
+            )
 
     @app.get("/alerts", tags=["alerts"])
     async def alerts(
@@ -202,19 +193,9 @@ def create_api(settings: Settings) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[Alert]:
         """Fired alerts, newest first."""
-        table = AlertRow.__table__
-        query = select(table)
-        if subscription_id is not None:
-            query = query.where(table.c.subscription_id == subscription_id)
-        if key_type is not None:
-            query = query.where(table.c.key_type == key_type)
-        if key is not None:
-            query = query.where(table.c.key == key)
-        if since is not None:
-            query = query.where(table.c.fired_at >= _utc(since))
-        query = query.order_by(table.c.fired_at.desc(), table.c.alert_id).limit(limit)
-        async with engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [Alert.model_validate(dict(row._mapping)) for row in rows]
+        async with reading(engine) as store:
+            return await store.alerts.list(
+                subscription_id=subscription_id, key_type=key_type, key=key, since=_utc(since), limit=limit
+            )
 
     return app

@@ -1,0 +1,1 @@
+"""What leaves the worker after a commit: alerts to `<ns>.alerts` and signed webhooks, from the SQL outbox."""

@@ -1,0 +1,16 @@
+"""`finpulse` command line: one entry point, a module per group of commands.
+
+- `app.py`: the command groups and what commands share (console, progress, loading a model);
+- `pipeline.py`: services, db, worker, produce, score, replay, api, demo;
+- `models.py`: train, export, bench, model tiny;
+- `subscriptions.py`: subscriptions add, list, rm.
+"""
+
+from worker.entrypoints.cli import models, pipeline, subscriptions
+from worker.entrypoints.cli.app import cli
+
+__all__ = ["cli", "main", "models", "pipeline", "subscriptions"]
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,67 @@
+"""The `finpulse` command's groups and what its commands share: the console, progress, loading a model."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from worker.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from engines import Engine
+
+cli = typer.Typer(help="finpulse: streaming multilingual financial sentiment monitoring.", no_args_is_help=True)
+db_cli = typer.Typer(help="SQL store schema.", no_args_is_help=True)
+model_cli = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
+subscriptions_cli = typer.Typer(help="Alert subscriptions in the SQL store (FINPULSE_DATABASE_URL).", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+cli.add_typer(model_cli, name="model")
+cli.add_typer(subscriptions_cli, name="subscriptions")
+err = Console(stderr=True)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not err.is_terminal,  # a log file gets the summary line, not a frozen bar
+    )
+
+
+def moment(value: str, option: str) -> datetime:
+    """An ISO 8601 option value; UTC when it has no offset."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 time such as 2026-11-28T08:00:00Z", param_hint=option) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def load_engine_or_exit(settings: EngineSettings, model: str | None = None, backend: str | None = None) -> Engine:
+    """The configured model (or --model/--backend), or one clear line and exit code 2."""
+    from engines import load_engine
+
+    try:
+        return load_engine(
+            model or settings.model_dir,
+            backend or settings.backend,
+            max_length=settings.max_length,
+            token_budget=settings.token_budget,
+            threads=settings.threads,
+        )
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]cannot load the model {model or settings.model_dir!r}: {str(exc).splitlines()[0]}[/red]")
+        err.print("point FINPULSE_MODEL_DIR (or --model) at a checkpoint directory, e.g. `finpulse model tiny models/current`")
+        raise typer.Exit(2) from exc

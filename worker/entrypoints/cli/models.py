@@ -1,0 +1,138 @@
+"""Commands for models: train, export, bench, and building checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from worker.entrypoints.cli.app import cli, err, model_cli
+
+
+@cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def train(ctx: typer.Context) -> None:
+    """Fine-tune a BERT checkpoint for sentiment and topic (`finpulse train --help` lists the options).
+
+    The same options work under `accelerate launch -m engines.train` for several GPUs or machines.
+    """
+    from engines.train import main as train_main
+
+    train_main(list(ctx.args))
+
+
+@cli.command()
+def export(
+    model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Checkpoint directory")],
+    to: Annotated[list[str], typer.Option(help="onnx, onnx-int8, tensorrt (repeatable)")] = ["onnx", "onnx-int8"],
+    fp16: Annotated[bool, typer.Option(help="TensorRT: build an fp16 engine")] = True,
+    int8_attention: Annotated[
+        bool, typer.Option(help="dynamic int8: quantise the attention projections too (faster; more drift)")
+    ] = True,
+    int8_mode: Annotated[
+        str, typer.Option(help="dynamic (activation ranges per call) or static (calibrated once on --calibration)")
+    ] = "dynamic",
+    calibration: Annotated[
+        Optional[Path],
+        typer.Option(
+            exists=True, dir_okay=False,
+            help="JSONL with a `text` field, training-side texts: static int8 calibrates on them; dynamic int8 "
+            "picks 7- or 8-bit weights by the probability shift on them",
+        ),
+    ] = None,
+    calibration_size: Annotated[int, typer.Option(help="texts drawn (seeded) from --calibration")] = 200,
+    calibration_method: Annotated[str, typer.Option(help="static int8: minmax, entropy or percentile")] = "minmax",
+    int8_reduce_range: Annotated[
+        Optional[bool],
+        typer.Option(help="7-bit (--int8-reduce-range) or 8-bit weights; default: dynamic picks the closer to fp32, static 7-bit"),
+    ] = None,
+) -> None:
+    """Compile a checkpoint: ONNX (checked against PyTorch), int8 ONNX for CPUs, a TensorRT engine for GPUs."""
+    from engines.export import (
+        build_tensorrt_engine,
+        export_onnx,
+        quantize_int8,
+        quantize_int8_static,
+    )
+
+    unknown = set(to) - {"onnx", "onnx-int8", "tensorrt"}
+    if unknown:
+        raise typer.BadParameter(f"unknown target(s) {sorted(unknown)}; use onnx, onnx-int8, tensorrt", param_hint="--to")
+    if int8_mode not in ("dynamic", "static"):
+        raise typer.BadParameter("use dynamic or static", param_hint="--int8-mode")
+    texts: list[str] = []
+    if "onnx-int8" in to and int8_mode == "static" and calibration is None:
+        raise typer.BadParameter("static int8 needs --calibration FILE (JSONL, `text`)", param_hint="--calibration")
+    if "onnx-int8" in to and calibration is not None:
+        import random
+
+        lines = [json.loads(line) for line in calibration.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [row["text"] for row in lines if isinstance(row, dict) and isinstance(row.get("text"), str)]
+        texts = random.Random(0).sample(texts, min(calibration_size, len(texts)))
+    onnx_path = model / "model.onnx"
+    if "onnx" in to or not onnx_path.exists():
+        onnx_path = export_onnx(model)
+        err.print(f"ONNX: {onnx_path} (matches PyTorch within tolerance)")
+    if "onnx-int8" in to:
+        if int8_mode == "static":
+            out = quantize_int8_static(
+                onnx_path, texts, method=calibration_method,
+                reduce_range=True if int8_reduce_range is None else int8_reduce_range,
+            )
+            err.print(f"static int8 ONNX ({len(texts)} calibration texts): {out}")
+        else:
+            out = quantize_int8(
+                onnx_path, attention=int8_attention, reduce_range=int8_reduce_range, check_texts=texts or None
+            )
+            err.print(f"int8 ONNX: {out}")
+    if "tensorrt" in to:
+        err.print(f"TensorRT engine: {build_tensorrt_engine(onnx_path, fp16=fp16)}")
+
+
+@cli.command()
+def bench(
+    model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Checkpoint directory (exported first)")],
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="JSONL with a `text` field")],
+    n: Annotated[int, typer.Option(help="Texts to score per repeat")] = 1000,
+    backends: Annotated[str, typer.Option(help="Comma-separated; the first is the baseline")] = "torch,onnxruntime,onnxruntime-int8",
+    threads: Annotated[int, typer.Option(help="CPU threads per backend")] = 2,
+    repeats: Annotated[int, typer.Option(help="Timed repeats (median reported)")] = 5,
+    out: Annotated[Optional[Path], typer.Option(help="Write the figures as JSON here")] = None,
+) -> None:
+    """Documents per second of each backend on the same texts, in one process, against the first."""
+    from rich.table import Table
+
+    from engines.bench import bench_backends
+    from worker.stages.decode import Rejection, decode_news_item
+
+    decoded = (decode_news_item(line, max_text_chars=100_000) for line in data.read_bytes().splitlines())
+    texts = [item.text for item in decoded if not isinstance(item, Rejection)][:n]
+    if not texts:
+        raise typer.BadParameter(f"no valid items with a `text` in {data}", param_hint="--data")
+    results = bench_backends(model, texts, [b.strip() for b in backends.split(",")], threads=threads, repeats=repeats)
+    table = Table(title=f"{len(texts)} texts from {data.name}, {threads} threads, median of {repeats}")
+    for column in ("backend", "docs/s", "× baseline", "sentiment labels same", "topic labels same", "max prob diff"):
+        table.add_column(column, justify="right")
+    for name, r in results.items():
+        table.add_row(
+            name,
+            f"{r['docs_per_s']:.1f}",
+            f"{r['speedup']:.2f}",
+            f"{r['sentiment_label_agreement']:.1%}",
+            f"{r['topic_label_agreement']:.1%}",
+            f"{max(r['sentiment_max_prob_diff'], r['topic_max_prob_diff']):.4f}",
+        )
+    Console().print(table)
+    if out:
+        out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+@model_cli.command("tiny")
+def model_tiny(out: Annotated[Path, typer.Argument(help="Directory to write")] = Path("models/tiny")) -> None:
+    """Build a tiny random-weight multilingual BERT checkpoint (for demos and tests; its scores mean nothing)."""
+    from engines.tiny import build_tiny_checkpoint
+
+    build_tiny_checkpoint(out)
+    err.print(f"tiny checkpoint written to {out}")

@@ -1,0 +1,138 @@
+"""The Faust worker: two agents drive the stages between the topics.
+
+    <ns>.docs ──[score agent: decode, score]──► <ns>.scored ──[persist agent: persist]──► SQL
+                  │ rejects                                     │ rejects    │ windows        [outbox task]
+                  └──────────► <ns>.dlq ◄───────────────────────┘            ▼                    │
+                                                                     <ns>.aggregates   <ns>.alerts, webhooks ◄┘
+
+Offsets: the agents read with Faust's `noack_take`, which leaves acking to us, and ack
+a batch's events only after its outputs are sent or written. So Faust never commits
+past unfinished work, even if a batch is interrupted by shutdown or a rebalance (plain
+`take()` acks in a `finally`). A batch never raises: failures are retried inside the
+stages or come back as rejects, which go to the DLQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from faust.types import EventT
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from engines import Engine
+from worker import metrics
+from worker.delivery.outbox import AlertOutbox
+from worker.settings import Settings
+from worker.stages.decode import decode, decode_scored
+from worker.stages.persist import PersistStage
+from worker.stages.records import Record, Reject
+from worker.stages.score import build_score_stage
+from worker.store.database import make_engine
+from worker.store.subscriptions import LiveSubscriptions, SubscriptionRepository
+
+
+def record_of(event: EventT) -> Record:
+    message = event.message
+    return Record(
+        value=message.value,
+        key=message.key,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+    )
+
+
+def ack(events: Sequence[EventT]) -> None:
+    """Mark the batch done: Faust may now commit past it."""
+    for event in events:
+        event.ack()
+
+
+def create_app(settings: Settings, engine: Engine) -> faust.App:
+    kafka = settings.kafka
+    app = faust.App(
+        settings.app_id,
+        broker=kafka.url,
+        store="memory://",
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=kafka.topic_partitions,
+        producer_acks=-1,
+        processing_guarantee=kafka.processing_guarantee,
+        broker_commit_interval=1.0,
+        # Faust's defaults (60 s) leave a dead worker's partitions idle for a minute;
+        # the model runs in a thread, so the event loop heart-beats in time at 20 s.
+        broker_session_timeout=kafka.session_timeout_s,
+        broker_rebalance_timeout=kafka.rebalance_timeout_s,
+        web_port=kafka.web_port,
+        web_bind=kafka.web_host,
+        web_in_thread=False,
+    )
+    docs = app.topic(settings.topic("docs"), key_type=bytes, value_type=bytes)
+    scored = app.topic(settings.topic("scored"), key_type=bytes, value_type=bytes)
+    dlq = app.topic(settings.topic("dlq"), key_type=bytes, value_type=bytes)
+    aggregates = app.topic(settings.topic("aggregates"), key_type=bytes, value_type=bytes)
+
+    async def dead_letter(rejects: Sequence[Reject]) -> None:
+        for reject in rejects:
+            metrics.DLQ.labels(reject.stage, reject.reason).inc()
+            await dlq.send(key=reject.record.key, value=reject.dead_letter().model_dump_json().encode())
+
+    @app.agent(docs, concurrency=1)
+    async def score(stream: faust.StreamT[bytes]) -> None:
+        """Decode and score each batch; emit ScoredItems and dead letters, then ack."""
+        stage = build_score_stage(engine, settings.pipeline, settings.cache, cache_prefix=settings.redis_prefix)
+        await stage.warm_up()
+        try:
+            async for events in stream.noack_take(kafka.batch_max, within=kafka.batch_wait_ms / 1000):
+                metrics.DOCS_IN.inc(len(events))
+                decoded = decode([record_of(e) for e in events], max_text_chars=settings.pipeline.max_text_chars)
+                result = await stage(decoded.accepted)
+                await dead_letter(decoded.rejected + result.rejected)
+                for item in result.values:
+                    await scored.send(key=item.id.encode(), value=item.model_dump_json().encode())
+                ack(events)
+        finally:
+            await asyncio.shield(stage.close())
+
+    @app.agent(scored, concurrency=1)
+    async def persist(stream: faust.StreamT[bytes]) -> None:
+        """Store each batch durably, emit the recomputed windows, then ack."""
+        database = make_engine(settings.store.url)
+        subscriptions = LiveSubscriptions(SubscriptionRepository(database), settings.store.subscriptions_refresh_s)
+        stage = PersistStage(database, settings.store, subscriptions)
+        try:
+            async for events in stream.noack_take(kafka.persist_batch_max, within=kafka.persist_batch_wait_ms / 1000):
+                decoded = decode_scored([record_of(e) for e in events])
+                result = await stage(decoded.accepted)
+                await dead_letter(decoded.rejected + result.rejected)
+                for window in result.aggregates:
+                    await aggregates.send(key=window.message_key, value=window.model_dump_json().encode())
+                ack(events)
+        finally:
+            await asyncio.shield(database.dispose())
+
+    @app.task
+    async def send_alerts() -> None:
+        """Publish stored alerts to <ns>.alerts and POST their webhooks (worker/delivery/outbox.py)."""
+        database = make_engine(settings.store.url)
+        try:
+            await AlertOutbox(database, settings.webhooks, kafka_url=kafka.url, topic=settings.topic("alerts")).run()
+        finally:
+            await asyncio.shield(database.dispose())
+
+    @app.page("/metrics")
+    async def prometheus_metrics(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok", "model_version": engine.model_version, "backend": engine.backend})
+
+    return app

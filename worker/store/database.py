@@ -1,0 +1,45 @@
+"""The one place that makes the SQL engine, and the schema migrations (Alembic, configured in code)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "schemas" / "migrations"
+
+# INSERT … ON CONFLICT for each dialect the store supports.
+Insert = Callable[..., Any]
+_INSERTS: dict[str, Insert] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """A pooled async engine; connections are checked before use, so a restarted database is found again."""
+    engine = create_async_engine(url, pool_pre_ping=True)
+    if engine.dialect.name not in _INSERTS:
+        raise ValueError(
+            f"unsupported database {engine.dialect.name!r}: use postgresql+asyncpg:// or sqlite+aiosqlite://"
+        )
+    return engine
+
+
+def upsert_insert(engine_or_dialect: AsyncEngine | str) -> Insert:
+    """The dialect's `insert`, whose statements have `on_conflict_do_update` / `_do_nothing`."""
+    name = engine_or_dialect if isinstance(engine_or_dialect, str) else engine_or_dialect.dialect.name
+    return _INSERTS[name]
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database_url), revision)
