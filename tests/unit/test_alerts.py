@@ -216,3 +216,28 @@ async def test_the_post_reaches_the_checked_address_with_the_real_host_name(
     assert result.ok, result.detail
     [(headers, _)] = receiver.requests
     assert headers["Host"] == f"hooks.test:{port}" and headers["Idempotency-Key"] == "alert-1"
+
+
+def test_rules_are_pure_functions_of_windows_history_and_stored_alerts() -> None:
+    """No database: the spike's history and the alerts a cooldown looks at are handed in."""
+    from schemas.alerts import Subscription
+    from worker.stages import rules
+
+    spike = Subscription(id="s1", name="spike", key_type="entity", key="TSLA", window_s=60, cooldown_s=120,
+                         rule=RULE.validate_python({"type": "spike", "metric": "negative_count", "threshold": 3,
+                                                    "baseline_windows": 3, "min_count": 5}),
+                         enabled=True, created_at=T0, updated_at=T0)
+    start = int(T0.timestamp())
+    window = {"window_s": 60, "window_start": T0, "key_type": "entity", "key": "TSLA", "model_version": "m1",
+              "count_negative": 9, "count_neutral": 0, "count_positive": 1, "volume": 10, "mean_score": -0.8}
+    windows = rules.by_window([window])
+    series = (60, "entity", "TSLA", "m1")
+    assert rules.baseline_ranges([spike], windows) == {series: (start - 180, start)}
+    history = {series: {start - 60: (2, 1), start - 120: (3, 2)}}  # the third window had no documents
+    found = rules.candidates([spike], [], windows, history, now=T0)
+    [(sub, row)] = found
+    assert row["baseline_mean"] == pytest.approx(1.0) and row["observed"] == 9
+    assert rules.cooldown_queries(found) == [("s1", "entity", "TSLA", T0, 120)]
+    silenced = {("s1", "entity", "TSLA"): [(T0 - timedelta(seconds=60), "an earlier alert")]}
+    assert rules.after_cooldown(found, silenced) == []
+    assert rules.after_cooldown(found, {("s1", "entity", "TSLA"): [(T0, row["alert_id"])]}) == [row]  # itself
