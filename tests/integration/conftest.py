@@ -28,8 +28,8 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.store.database import upgrade
 from worker.settings import Settings
+from worker.store.database import upgrade
 from worker.topics import STAGES, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,8 +25,8 @@ from engines.modeling import BertForSentimentAndTopic
 from engines.tiny import build_tiny_checkpoint
 from schemas.alerts import Alert, Rule, SubscriptionSpec
 from tests.webhook_receiver import Receiver
-from worker.store.subscriptions import open_repository
 from worker.delivery.webhooks import verify_signature
+from worker.store.subscriptions import open_repository
 
 from .conftest import Pipeline, assert_aggregates_match_documents, wait_for
 

@@ -18,13 +18,7 @@ from schemas.alerts import Alert, Rule, SubscriptionSpec
 from schemas.news import Prediction, ScoredItem
 from schemas.tables import AlertRow
 from tests.webhook_receiver import Receiver
-from worker.stages.rules import spike_score
-from worker.store.database import upgrade
 from worker.delivery.outbox import AlertOutbox
-from worker.settings import StoreSettings, WebhookSettings
-from worker.stages.persist import PersistStage
-from worker.store.database import make_engine
-from worker.store.subscriptions import SubscriptionRepository
 from worker.delivery.webhooks import (
     WebhookRefused,
     WebhookUnresolvable,
@@ -33,6 +27,11 @@ from worker.delivery.webhooks import (
     post_alert,
     verify_signature,
 )
+from worker.settings import StoreSettings, WebhookSettings
+from worker.stages.persist import PersistStage
+from worker.stages.rules import spike_score
+from worker.store.database import make_engine, upgrade
+from worker.store.subscriptions import SubscriptionRepository
 
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)  # a window boundary for 60, 300 and 3600 s
 RULE = TypeAdapter(Rule)

@@ -22,7 +22,7 @@ from worker.settings import CacheSettings, Settings
 from worker.stages.cache import ScoreCache
 from worker.stages.decode import decode, decode_scored
 from worker.stages.entities import Watchlist
-from worker.stages.records import Accepted, Record
+from worker.stages.records import Record
 from worker.stages.score import ScoreStage
 
 

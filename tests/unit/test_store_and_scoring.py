@@ -13,15 +13,14 @@ from engines import load_engine
 from engines.tiny import build_tiny_checkpoint
 from schemas.news import NewsItem, Prediction, ScoredItem
 from worker import metrics
+from worker.settings import CacheSettings, StoreSettings
 from worker.stages.aggregates import brute_force, keys_of
 from worker.stages.cache import ScoreCache
-from worker.store.database import upgrade
 from worker.stages.entities import Watchlist
-from worker.settings import CacheSettings, StoreSettings
 from worker.stages.persist import PersistStage
 from worker.stages.records import Accepted, Record
 from worker.stages.score import ScoreStage
-from worker.store.database import make_engine
+from worker.store.database import make_engine, upgrade
 
 
 def scored(doc_id: str, *, version: str = "m1", label: str = "neutral", source: str = "news") -> ScoredItem:
