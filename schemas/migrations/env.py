@@ -1,13 +1,12 @@
-"""Alembic environment: runs migrations over the async engine the worker itself uses."""
+"""Alembic environment: runs migrations over the async engine the worker itself uses (`make_engine`)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from alembic import context
-from sqlalchemy.ext.asyncio import create_async_engine
-
 from schemas.tables import Base
+from worker.store.database import make_engine
 
 config = context.config
 target_metadata = Base.metadata
@@ -24,7 +23,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
 
 
 async def _run_online() -> None:
-    engine = create_async_engine(config.get_main_option("sqlalchemy.url"))
+    engine = make_engine(config.get_main_option("sqlalchemy.url"))
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()
