@@ -137,7 +137,8 @@ async def test_a_replay_stores_alerts_without_delivering_webhooks(store: Persist
         store, {"type": "instant", "min_confidence": 0.5}, webhook_url="https://hooks.example.com/finpulse"
     )
     await store.write([item(0, minute=0)], subs)
-    await store.write([item(0, minute=1)], subs, deliver_webhooks=False)
+    replaying = PersistStage(store.database, StoreSettings(windows=[60, 300]), deliver_webhooks=False)
+    await replaying.write([item(0, minute=1)], subs)
     assert [a.delivery for a in await alerts(store)] == ["pending", "suppressed"]
 
 

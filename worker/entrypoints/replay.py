@@ -127,7 +127,7 @@ async def replay(
     database = make_engine(settings.store.url)
     outbox = AlertOutbox(database, settings.webhooks, kafka_url=settings.kafka.url, topic=settings.topic("alerts"))
     subscriptions = LiveSubscriptions(SubscriptionRepository(database), settings.store.subscriptions_refresh_s)
-    persist = PersistStage(database, settings.store, subscriptions)
+    persist = PersistStage(database, settings.store, subscriptions, deliver_webhooks=deliver_webhooks)
     score = build_score_stage(engine, settings.pipeline, settings.cache, cache_prefix=settings.redis_prefix)
     try:
         await consumer.start()
@@ -158,7 +158,7 @@ async def replay(
                     if kept:
                         next_offsets[tp] = kept[-1].offset + 1
                 if batch:
-                    await _process(settings, score, persist, producer, batch, start, end, deliver_webhooks, report)
+                    await _process(settings, score, persist, producer, batch, start, end, report)
                     await consumer.commit(next_offsets)  # only now: the batch is durably in SQL
                     report.read += len(batch)
                     bar.update(len(batch))
@@ -188,7 +188,6 @@ async def _process(
     batch: list[ConsumerRecord[bytes, bytes]],
     start: datetime,
     end: datetime,
-    deliver_webhooks: bool,
     report: ReplayReport,
 ) -> None:
     """One batch through the worker's stages, until it is durably in SQL; rejects are counted, not dead-lettered."""
@@ -200,7 +199,7 @@ async def _process(
     ]
     decoded = decode(records, max_text_chars=settings.pipeline.max_text_chars)
     scored = await score(decoded.accepted)
-    persisted = await persist(scored.accepted, deliver_webhooks=deliver_webhooks)
+    persisted = await persist(scored.accepted)
     report.count(decoded.rejected + scored.rejected + persisted.rejected)
     report.stored += persisted.stored
     for aggregate in persisted.aggregates:

@@ -51,23 +51,28 @@ class Persisted:
 
 class PersistStage:
     def __init__(
-        self, database: AsyncEngine, settings: StoreSettings, subscriptions: LiveSubscriptions | None = None
+        self,
+        database: AsyncEngine,
+        settings: StoreSettings,
+        subscriptions: LiveSubscriptions | None = None,
+        *,
+        deliver_webhooks: bool = True,
     ) -> None:
+        """deliver_webhooks=False stores the alerts it fires as `suppressed` (a replay with --no-webhooks)."""
         self.database = database
         self.windows = tuple(settings.windows)
         self.backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self.subscriptions = subscriptions
+        self.deliver_webhooks = deliver_webhooks
 
-    async def __call__(self, batch: Sequence[Accepted[ScoredItem]], *, deliver_webhooks: bool = True) -> Persisted:
+    async def __call__(self, batch: Sequence[Accepted[ScoredItem]]) -> Persisted:
         """Store the batch durably (see the module's docstring); never raises for a row the database refuses."""
         result = Persisted()
         if batch:
-            await self._write_durably(list(batch), deliver_webhooks, result)
+            await self._write_durably(list(batch), result)
         return result
 
-    async def write(
-        self, items: Sequence[ScoredItem], subscriptions: Sequence[Subscription] = (), *, deliver_webhooks: bool = True
-    ) -> list[WindowAggregate]:
+    async def write(self, items: Sequence[ScoredItem], subscriptions: Sequence[Subscription] = ()) -> list[WindowAggregate]:
         """One transaction: documents, keys, windows and alerts; raises on failure."""
         latest = {(i.id, i.model_version): i for i in items}  # a key twice in a batch: the last one wins
         if not latest:
@@ -82,7 +87,8 @@ class PersistStage:
                 windows = rules.by_window(aggregates)
                 baselines = await uow.aggregates.baselines(rules.baseline_ranges(subscriptions, windows))
                 found = rules.candidates(
-                    subscriptions, documents, windows, baselines, now=datetime.now(UTC), deliver_webhooks=deliver_webhooks
+                    subscriptions, documents, windows, baselines,
+                    now=datetime.now(UTC), deliver_webhooks=self.deliver_webhooks,
                 )
                 recent = await uow.alerts.near(rules.cooldown_queries(found))
                 for alert in await uow.alerts.add(rules.after_cooldown(found, recent)):
@@ -90,12 +96,12 @@ class PersistStage:
         metrics.STORE_ROWS.inc(written)
         return as_messages(aggregates)
 
-    async def _write_durably(self, batch: list[Accepted[ScoredItem]], deliver_webhooks: bool, result: Persisted) -> None:
+    async def _write_durably(self, batch: list[Accepted[ScoredItem]], result: Persisted) -> None:
         attempt = 0
         while True:
             try:
                 watching = await self.subscriptions.current() if self.subscriptions else ()
-                result.aggregates += await self.write([a.value for a in batch], watching, deliver_webhooks=deliver_webhooks)
+                result.aggregates += await self.write([a.value for a in batch], watching)
                 result.stored += len(batch)
                 metrics.STORE_UP.set(1)
                 return
@@ -115,7 +121,7 @@ class PersistStage:
             return
         middle = len(batch) // 2
         for half in (batch[:middle], batch[middle:]):
-            await self._write_durably(half, deliver_webhooks, result)
+            await self._write_durably(half, result)
 
 
 def _short(exc: BaseException) -> str:
