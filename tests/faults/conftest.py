@@ -1,7 +1,7 @@
 """The fault-injection suite: `make test-faults` (FINPULSE_FAULTS=1 pytest tests/faults), about 10 minutes.
 
 Skipped unless FINPULSE_FAULTS=1, so plain `pytest` / `make test` only lists it as skipped.
-It brings up its own Kafka, Redis and PostgreSQL (tests/faults/harness.py: Services) on
+It brings up its own Kafka, Redis and PostgreSQL (tests/faults/services.py: Services) on
 other ports, because its scenarios stop and restart them, and takes them down at the end.
 After a full run it prints the results table and writes it into docs/reliability.md.
 """
@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Deployment, Result, Services, text_table, write_report
+from tests.faults.deployment import Deployment
+from tests.faults.report import Result, text_table, write_report
+from tests.faults.services import Services
 
 HERE = Path(__file__).resolve().parent
 ENABLED = os.environ.get("FINPULSE_FAULTS") == "1"

@@ -15,7 +15,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.faults.harness import Deployment, Result, Services
+from tests.faults.deployment import Deployment
+from tests.faults.report import Result
+from tests.faults.services import Services
 
 pytestmark = pytest.mark.faults
 
