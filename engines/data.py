@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from engines.base import SENTIMENT_LABELS
+from engines.serving.types import SENTIMENT_LABELS
 from engines.modeling import IGNORE_INDEX
 
 log = logging.getLogger(__name__)

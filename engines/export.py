@@ -14,7 +14,6 @@ backend can tell an export that no longer matches model.safetensors.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -25,20 +24,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from engines.batching import Batcher, sha256_file
-from engines.onnx_backend import (
+from engines.serving.backends.onnx_files import (
+    HEADS_KEY as _HEADS_KEY,
+    HIDDEN_KEY as _HIDDEN_KEY,
     INPUT_NAMES,
+    INT8_MODE_KEY,
     INT8_NAME,
     ONNX_NAME,
     OUTPUT_NAMES,
+    REDUCE_RANGE_KEY as _REDUCE_RANGE_KEY,
     VERSION_KEY,
     WEIGHTS_SHA_KEY,
-    create_session,
     onnx_feeds,
     read_metadata,
 )
-from engines.tensorrt_backend import DEFAULT_BATCH, require_tensorrt, tensorrt_has_fp16_flag
-from engines.torch_backend import TorchEngine
+from engines.serving.backends.onnxruntime_engine import create_session
+from engines.serving.backends.tensorrt_plan import build_tensorrt_engine  # noqa: F401 - still imported from here by worker/cli.py
+from engines.serving.backends.torch_engine import TorchEngine
+from engines.serving.batching import Batcher
+from engines.serving.checkpoint import temp_beside as _temp_beside
 
 if TYPE_CHECKING:
     import onnx
@@ -50,14 +54,6 @@ log = logging.getLogger(__name__)
 # frozen shape) differs by whole units.
 EXPORT_ATOL = 1e-4
 INT8_SUFFIX = "-int8"
-INT8_MODE_KEY = "finpulse.int8_mode"
-_REDUCE_RANGE_KEY = "finpulse.int8_reduce_range"
-_HEADS_KEY = "finpulse.num_attention_heads"
-_HIDDEN_KEY = "finpulse.hidden_size"
-FP16_SUFFIX = "-fp16"
-TENSORRT_DIR = "tensorrt"
-# Optimisation profile sequence lengths (min, opt, max) for the default max_length of 128.
-DEFAULT_SEQUENCE = (1, 64, 128)
 
 # One sentence per script/language plus edge cases; the long one reaches the truncation limit.
 _VERIFY_TEXTS = (
@@ -264,7 +260,7 @@ def _quantize_dynamic(
 
 
 def _mean_prob_shift(reference: Path, candidate: Path, texts: Sequence[str]) -> float:
-    from engines.onnx_backend import OnnxEngine
+    from engines.serving.backends.onnxruntime_engine import OnnxEngine
 
     texts = list(texts)
     ref = OnnxEngine(reference.parent, onnx_file=reference.resolve(), threads=None).predict(texts)
@@ -416,82 +412,6 @@ def _head_nodes(model: onnx.ModelProto) -> list[str]:
     return heads
 
 
-def build_tensorrt_engine(
-    onnx_path: str | Path,
-    *,
-    fp16: bool = True,
-    int8: bool = False,
-    batch: Sequence[int] = DEFAULT_BATCH,
-    sequence: Sequence[int] = DEFAULT_SEQUENCE,
-    cache_dir: str | Path | None = None,
-    workspace_gib: float = 4.0,
-) -> Path:
-    """Build (or reuse) a serialised TensorRT engine for onnx_path; returns the plan file.
-
-    batch and sequence are the optimisation profile's (min, opt, max) for all three inputs.
-    Plans are cached in cache_dir (default <onnx dir>/tensorrt) under a key of the ONNX file's
-    sha256, the TensorRT version, the GPU name and these build options, since a plan only runs
-    on the TensorRT release and GPU model that built it, and an fp32 plan must never be
-    served for an fp16 request or the reverse.
-
-    fp16 lets TensorRT 10 choose fp16 kernels for an fp32 graph (its FP16 builder flag).
-    TensorRT 11 builds strongly typed networks only and dropped that flag, so there fp16 needs
-    an ONNX graph that is already fp16 (ModelOpt AutoCast) and fp16=True is refused.
-    int8 needs an explicitly quantised ONNX (QuantizeLinear/DequantizeLinear nodes): calibration
-    is deprecated in 10 and gone in 11, and TensorRT cannot parse ONNX Runtime's dynamic int8
-    ops (model.int8.onnx).
-    """
-    trt, gpu_name = require_tensorrt()
-    onnx_path = Path(onnx_path)
-    batch, sequence = _profile("batch", batch), _profile("sequence", sequence)
-    if fp16 and not tensorrt_has_fp16_flag(trt):
-        raise ValueError(f"TensorRT {trt.__version__} has no FP16 builder flag (strong typing only); use fp16=False")
-    if int8 and not _has_qdq(onnx_path):
-        raise ValueError(f"{onnx_path}: int8 needs QuantizeLinear/DequantizeLinear nodes (explicit quantisation)")
-    key = "|".join(
-        [sha256_file(onnx_path), trt.__version__, gpu_name, f"fp16={fp16}", f"int8={int8}", f"batch={batch}",
-         f"sequence={sequence}"]
-    )
-    cache_dir = Path(cache_dir) if cache_dir else onnx_path.parent / TENSORRT_DIR
-    plan_path = cache_dir / f"{onnx_path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.plan"
-    if plan_path.is_file():
-        return plan_path
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch: the only mode since TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif hasattr(trt.BuilderFlag, "TF32"):
-        # fp32 must mean fp32: TF32 matmuls (on by default from Ampere on) would move the scores
-        # while the plan claims the unsuffixed version it shares with torch.
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if int8 and hasattr(trt.BuilderFlag, "INT8"):  # TensorRT 10; 11 reads the precision from the Q/DQ nodes
-        config.set_flag(trt.BuilderFlag.INT8)
-    profile = builder.create_optimization_profile()
-    for name in INPUT_NAMES:
-        profile.set_shape(name, *((b, s) for b, s in zip(batch, sequence)))
-    config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(plan_path)
-    try:
-        tmp.write_bytes(bytes(serialized))
-        os.replace(tmp, plan_path)  # workers building the same plan at once each write a whole file
-    finally:
-        tmp.unlink(missing_ok=True)
-    log.info("built TensorRT engine %s for %s on %s", plan_path, onnx_path, gpu_name)
-    return plan_path
-
-
 class _LogitsOnly(torch.nn.Module):
     """The model as a function of three tensors to two, the signature the ONNX graph gets."""
 
@@ -512,21 +432,3 @@ def _set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
-def _has_qdq(onnx_path: Path) -> bool:
-    import onnx
-
-    model = onnx.load(onnx_path, load_external_data=False)
-    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
-
-
-def _profile(name: str, shape: Sequence[int]) -> tuple[int, int, int]:
-    low, opt, high = (int(n) for n in shape)
-    if not 1 <= low <= opt <= high:
-        raise ValueError(f"{name} profile must be (min, opt, max) with 1 <= min <= opt <= max, got {tuple(shape)}")
-    return low, opt, high
-
-
-def _temp_beside(path: Path) -> Path:
-    """A private name in path's directory, so that os.replace onto path is atomic."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from engines.base import SENTIMENT_LABELS
+from engines.serving.types import SENTIMENT_LABELS
 from engines.data import (
     Example,
     Fields,

@@ -11,7 +11,7 @@ import torch
 from transformers import BertConfig
 
 from engines import SENTIMENT_LABELS, Scores, load_engine
-from engines import loader
+from engines.serving import loader
 from engines.modeling import BertForSentimentAndTopic, configure_heads
 from engines.tiny import build_tiny_checkpoint
 

@@ -12,12 +12,13 @@ import onnx
 import pytest
 
 from engines import SENTIMENT_LABELS, Scores, load_engine
-from engines.batching import Batcher
 from engines.bench import bench_backends
 from engines.export import EXPORT_ATOL, export_onnx, quantize_int8, quantize_int8_static
-from engines.onnx_backend import INT8_NAME, ONNX_NAME, OnnxEngine
+from engines.serving.backends.onnx_files import INT8_NAME, ONNX_NAME
+from engines.serving.backends.onnxruntime_engine import OnnxEngine
+from engines.serving.backends.torch_engine import TorchEngine
+from engines.serving.batching import Batcher
 from engines.tiny import CORPUS, DEFAULT_TOPICS, build_tiny_checkpoint
-from engines.torch_backend import TorchEngine
 
 from .texts import EDGE_CASES, MULTILINGUAL, assert_valid
 
@@ -269,7 +270,7 @@ def test_stale_export_is_refused_and_auto_falls_back_to_torch(model_dir: Path, t
         shutil.copy(model_dir / name, stale / name)
     with pytest.raises(ValueError, match="exported from other weights"):
         OnnxEngine(stale)
-    with caplog.at_level(logging.WARNING, logger="engines.loader"):
+    with caplog.at_level(logging.WARNING, logger="engines.serving.loader"):
         assert load_engine(stale).backend == "torch"
     assert "onnxruntime cannot serve" in caplog.text
 
@@ -285,7 +286,7 @@ def test_export_that_misses_tolerance_raises_and_leaves_no_file(model_dir: Path,
 
 def test_batcher_caps_rows_for_fixed_profiles(torch_engine: TorchEngine) -> None:
     batcher = Batcher(
-        torch_engine.tokenizer, max_length=32, token_budget=8192, sentiment_labels=SENTIMENT_LABELS,
+        torch_engine.batcher.tokenizer, max_length=32, token_budget=8192, sentiment_labels=SENTIMENT_LABELS,
         topic_labels=DEFAULT_TOPICS, max_rows=4,
     )
     encoded = batcher.encode(ALL_CORPUS[:10])
@@ -313,8 +314,8 @@ def test_bench_reports_each_variant_against_the_first(model_dir: Path) -> None:
 
 @pytest.mark.skipif(_gpu_and_tensorrt(), reason="checks the error raised where TensorRT is missing")
 def test_tensorrt_missing_is_a_clear_error(model_dir: Path) -> None:
-    from engines.export import build_tensorrt_engine
-    from engines.tensorrt_backend import TensorRTEngine
+    from engines.serving.backends.tensorrt_engine import TensorRTEngine
+    from engines.serving.backends.tensorrt_plan import build_tensorrt_engine
 
     with pytest.raises(RuntimeError, match=NEEDS_TENSORRT):
         build_tensorrt_engine(model_dir / ONNX_NAME)
@@ -326,7 +327,7 @@ def test_tensorrt_missing_is_a_clear_error(model_dir: Path) -> None:
 
 @tensorrt_only
 def test_tensorrt_engine_is_cached_by_key(model_dir: Path, tmp_path: Path) -> None:
-    from engines.export import build_tensorrt_engine
+    from engines.serving.backends.tensorrt_plan import build_tensorrt_engine
 
     first = build_tensorrt_engine(model_dir / ONNX_NAME, fp16=False, cache_dir=tmp_path)
     built_at = first.stat().st_mtime_ns
@@ -338,7 +339,7 @@ def test_tensorrt_engine_is_cached_by_key(model_dir: Path, tmp_path: Path) -> No
 
 @tensorrt_only
 def test_tensorrt_matches_torch(model_dir: Path, torch_engine: TorchEngine, tmp_path: Path) -> None:
-    from engines.tensorrt_backend import TensorRTEngine
+    from engines.serving.backends.tensorrt_engine import TensorRTEngine
 
     texts = [*MULTILINGUAL.values(), *EDGE_CASES.values()]
     expected = torch_engine.predict(texts)
