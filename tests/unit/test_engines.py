@@ -11,9 +11,9 @@ import torch
 from transformers import BertConfig
 
 from engines import SENTIMENT_LABELS, Scores, load_engine
-from engines.serving import loader
 from engines.modeling import BertForSentimentAndTopic, configure_heads
-from engines.tiny import build_tiny_checkpoint
+from engines.serving import loader
+from engines.training.tiny import build_tiny_checkpoint
 
 from .texts import EDGE_CASES, MULTILINGUAL
 from .texts import assert_valid as assert_valid_distributions

@@ -1,4 +1,4 @@
-"""engines.export + the ONNX Runtime and TensorRT backends, on the tiny offline checkpoint."""
+"""engines.export (ONNX export, int8, bench) + the ONNX Runtime and TensorRT backends, on the tiny offline checkpoint."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import onnx
 import pytest
 
 from engines import SENTIMENT_LABELS, Scores, load_engine
-from engines.bench import bench_backends
-from engines.export import EXPORT_ATOL, export_onnx, quantize_int8, quantize_int8_static
+from engines.export.bench import bench_backends
+from engines.export.int8 import quantize_int8, quantize_int8_static
+from engines.export.onnx_export import EXPORT_ATOL, export_onnx
 from engines.serving.backends.onnx_files import INT8_NAME, ONNX_NAME
 from engines.serving.backends.onnxruntime_engine import OnnxEngine
 from engines.serving.backends.torch_engine import TorchEngine
 from engines.serving.batching import Batcher
-from engines.tiny import CORPUS, DEFAULT_TOPICS, build_tiny_checkpoint
+from engines.training.tiny import CORPUS, DEFAULT_TOPICS, build_tiny_checkpoint
 
 from .texts import EDGE_CASES, MULTILINGUAL, assert_valid
 

@@ -9,10 +9,14 @@ left behind by retraining instead of caching its scores under the new version.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engines.serving.checkpoint import WEIGHTS_NAME, sha256_file
+
+if TYPE_CHECKING:
+    import onnx
 
 ONNX_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
@@ -51,3 +55,10 @@ def read_metadata(onnx_path: str | Path) -> dict[str, str]:
 
     model = onnx.load(onnx_path, load_external_data=False)
     return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Replace a model's metadata_props (engines.export writes them, the backends above read them)."""
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)

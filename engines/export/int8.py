@@ -1,145 +1,46 @@
-"""Export a checkpoint to ONNX, quantise it to int8, and build TensorRT engines from it.
+"""int8 variants of an ONNX export for CPUs: dynamic (weights only, per call activation ranges)
+and static (activation ranges calibrated once on texts), both via ONNX Runtime's quantiser.
 
-Every artefact is written into the checkpoint directory by default, so one directory holds
-the torch weights, model.onnx, model.int8.onnx and the tokenizer, and any backend can load it.
-
-Versions. model.onnx computes the same function as model.safetensors (checked here to
-EXPORT_ATOL), so it carries the same model_version and shares the score cache and SQL rows
-with torch. A variant whose scores move beyond float noise gets a suffix instead, because
-the worker keys cached scores and stored rows by model_version and must not mix the two:
-int8 (ORT dynamic quantisation) -> "<version>-int8", TensorRT fp16 -> "<version>-fp16".
-The version is recorded in each ONNX file's metadata together with the weights' sha256, so a
-backend can tell an export that no longer matches model.safetensors.
+Both fuse the graph into ONNX Runtime's BERT kernels first and keep the pooler and the two
+heads fp32. Their scores differ from fp32, so each file carries a suffixed model_version
+("-int8", "-int8-static") and records how it was made in its metadata (onnx_files).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from engines.export.onnx_export import VERIFY_TEXTS
 from engines.serving.backends.onnx_files import (
-    HEADS_KEY as _HEADS_KEY,
-    HIDDEN_KEY as _HIDDEN_KEY,
-    INPUT_NAMES,
+    EXPORT_HINT,
+    HEADS_KEY,
+    HIDDEN_KEY,
     INT8_MODE_KEY,
     INT8_NAME,
-    ONNX_NAME,
-    OUTPUT_NAMES,
-    REDUCE_RANGE_KEY as _REDUCE_RANGE_KEY,
+    REDUCE_RANGE_KEY,
     VERSION_KEY,
-    WEIGHTS_SHA_KEY,
     onnx_feeds,
     read_metadata,
+    set_metadata,
 )
-from engines.serving.backends.onnxruntime_engine import create_session
-from engines.serving.backends.tensorrt_plan import build_tensorrt_engine  # noqa: F401 - still imported from here by worker/cli.py
-from engines.serving.backends.torch_engine import TorchEngine
+from engines.serving.backends.onnxruntime_engine import OnnxEngine
 from engines.serving.batching import Batcher
-from engines.serving.checkpoint import temp_beside as _temp_beside
+from engines.serving.checkpoint import temp_beside
 
 if TYPE_CHECKING:
     import onnx
 
 log = logging.getLogger(__name__)
 
-# Largest |ONNX Runtime logit - PyTorch logit| accepted on the verification texts. fp32 kernels
-# that only reorder sums differ by ~1e-5 on mBERT-sized logits; a wrong export (lost mask,
-# frozen shape) differs by whole units.
-EXPORT_ATOL = 1e-4
 INT8_SUFFIX = "-int8"
-
-# One sentence per script/language plus edge cases; the long one reaches the truncation limit.
-_VERIFY_TEXTS = (
-    "Apple reported record quarterly revenue, beating analyst estimates.",
-    "腾讯第三季度营收同比增长10%，超出市场预期。",
-    "Las acciones de Inditex subieron un 4% tras presentar sus resultados.",
-    "Die Europäische Zentralbank hat den Leitzins erneut angehoben.",
-    "Le CAC 40 a terminé la séance en légère baisse.",
-    "日経平均株価は前日比500円安で取引を終えた。",
-    "ارتفعت أسعار النفط بعد قرار أوبك.",
-    "",
-    "🚀📉💸",
-    "Shares of Tesla fell 7% after the company missed delivery targets. " * 40,
-)
-
-
-def export_onnx(
-    model_dir: str | Path, out_path: str | Path | None = None, *, opset: int = 17, atol: float = EXPORT_ATOL
-) -> Path:
-    """Export model_dir's BertForSentimentAndTopic to ONNX (default model_dir/model.onnx) and verify it.
-
-    Inputs input_ids, attention_mask, token_type_ids (int64, dynamic batch and sequence);
-    outputs sentiment_logits, topic_logits. The graph holds standard ONNX ops only, so TensorRT
-    and other runtimes can read it. It is traced from the model's eager attention with the
-    TorchScript exporter because ONNX Runtime's transformer optimiser can fuse that graph into
-    its BERT kernels (quantize_int8 does); the dynamo exporter's SDPA graph does not fuse, and
-    left ONNX Runtime little faster than PyTorch. The file is only put in place after
-    ONNX Runtime reproduces PyTorch's logits within atol on multilingual texts, padded and
-    unpadded, so a broken export never reaches a directory that load_engine("auto") picks from.
-    """
-    from engines.modeling import BertForSentimentAndTopic
-
-    model_dir = Path(model_dir)
-    out_path = Path(out_path) if out_path else model_dir / ONNX_NAME
-    reference = TorchEngine(model_dir)
-    expected_fn = _LogitsOnly(reference.model).eval()
-    eager = BertForSentimentAndTopic.from_pretrained(model_dir, attn_implementation="eager").eval()
-    module = _LogitsOnly(eager).eval()
-    encoded = reference.batcher.encode(_VERIFY_TEXTS)
-    sample = onnx_feeds(*reference.batcher.pad([encoded[0], encoded[1]]))
-    raw = _temp_beside(out_path.with_name(out_path.name + ".raw"))
-    tmp = _temp_beside(out_path)
-    try:
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
-            torch.onnx.export(
-                module,
-                tuple(torch.from_numpy(a) for a in sample.values()),
-                raw,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                dynamic_axes={name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES},
-                opset_version=opset,
-                dynamo=False,
-            )
-        import onnx
-
-        exported = onnx.load(raw)
-        _set_metadata(
-            exported,
-            {
-                VERSION_KEY: reference.model_version,
-                WEIGHTS_SHA_KEY: reference.weights_sha256,
-                # What the BERT fusion in quantize_int8 needs and cannot always read off a small graph.
-                _HEADS_KEY: str(eager.config.num_attention_heads),
-                _HIDDEN_KEY: str(eager.config.hidden_size),
-            },
-        )
-        onnx.save(exported, tmp)
-        session = create_session(tmp)
-        with torch.inference_mode():
-            batches = [reference.batcher.pad(encoded)] + [reference.batcher.pad([row]) for row in encoded]
-            worst = 0.0
-            for input_ids, attention_mask in batches:
-                feeds = onnx_feeds(input_ids, attention_mask)
-                expected = expected_fn(*(torch.from_numpy(a) for a in feeds.values()))
-                got = session.run(list(OUTPUT_NAMES), feeds)
-                worst = max(worst, *(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected)))
-        if worst > atol:
-            raise RuntimeError(f"ONNX export of {model_dir} differs from PyTorch by {worst:.3g} > {atol:g} in logits")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        raw.unlink(missing_ok=True)
-    log.info("exported %s (%s), max |logit diff| %.2g", out_path, reference.model_version, worst)
-    return out_path
+STATIC_SUFFIX = "-int8-static"
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 def _fuse_bert(
@@ -160,8 +61,8 @@ def _fuse_bert(
     optimized = optimize_model(
         str(onnx_path),
         model_type="bert",
-        num_heads=int(metadata.get(_HEADS_KEY, 0)),  # 0: read off the graph
-        hidden_size=int(metadata.get(_HIDDEN_KEY, 0)),
+        num_heads=int(metadata.get(HEADS_KEY, 0)),  # 0: read off the graph
+        hidden_size=int(metadata.get(HIDDEN_KEY, 0)),
         optimization_options=options,
     )
     fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
@@ -206,9 +107,9 @@ def quantize_int8(
     out_path = Path(out_path) if out_path else onnx_path.with_name(INT8_NAME)
     metadata = read_metadata(onnx_path)
     if VERSION_KEY not in metadata:
-        raise ValueError(f"{onnx_path}: no finpulse version metadata; export it with export_onnx")
-    fused = _temp_beside(out_path.with_name(out_path.name + ".fused"))
-    candidates = {choice: _temp_beside(out_path.with_name(f"{out_path.name}.rr{int(choice)}"))
+        raise ValueError(f"{onnx_path}: no finpulse version metadata; export it with {EXPORT_HINT}")
+    fused = temp_beside(out_path.with_name(out_path.name + ".fused"))
+    candidates = {choice: temp_beside(out_path.with_name(f"{out_path.name}.rr{int(choice)}"))
                   for choice in ((True, False) if reduce_range is None else (reduce_range,))}
     try:
         fused_model = _fuse_bert(onnx_path, metadata, gelu_approximation=gelu_approximation)
@@ -218,7 +119,7 @@ def quantize_int8(
             _quantize_dynamic(fused, path, metadata, attention=attention, per_channel=per_channel,
                               reduce_range=choice, exclude=exclude)
         if len(candidates) > 1:
-            shifts = {c: _mean_prob_shift(onnx_path, path, check_texts or _VERIFY_TEXTS) for c, path in candidates.items()}
+            shifts = {c: _mean_prob_shift(onnx_path, path, check_texts or VERIFY_TEXTS) for c, path in candidates.items()}
             choice = min(shifts, key=shifts.get)  # type: ignore[arg-type]
             log.info("int8 mean |probability shift| vs fp32: 7-bit weights %.4f, 8-bit %.4f; keeping %s",
                      shifts[True], shifts[False], "7-bit" if choice else "8-bit")
@@ -252,26 +153,20 @@ def _quantize_dynamic(
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     model = onnx.load(out)
-    _set_metadata(model, {
+    set_metadata(model, {
         **metadata, VERSION_KEY: metadata[VERSION_KEY] + INT8_SUFFIX, INT8_MODE_KEY: "dynamic",
-        _REDUCE_RANGE_KEY: str(reduce_range).lower(),
+        REDUCE_RANGE_KEY: str(reduce_range).lower(),
     })
     onnx.save(model, out)
 
 
 def _mean_prob_shift(reference: Path, candidate: Path, texts: Sequence[str]) -> float:
-    from engines.serving.backends.onnxruntime_engine import OnnxEngine
-
     texts = list(texts)
     ref = OnnxEngine(reference.parent, onnx_file=reference.resolve(), threads=None).predict(texts)
     got = OnnxEngine(reference.parent, onnx_file=candidate.resolve(), threads=None).predict(texts)
     diffs = [abs(x.probs[k] - y.probs[k]) for a, b in zip(ref, got)
              for x, y in ((a.sentiment, b.sentiment), (a.topic, b.topic)) for k in x.probs]
     return float(np.mean(diffs))
-
-
-STATIC_SUFFIX = "-int8-static"
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 def quantize_int8_static(
@@ -313,7 +208,7 @@ def quantize_int8_static(
     out_path = Path(out_path) if out_path else onnx_path.with_name(INT8_NAME)
     metadata = read_metadata(onnx_path)
     if VERSION_KEY not in metadata:
-        raise ValueError(f"{onnx_path}: no finpulse version metadata; export it with export_onnx")
+        raise ValueError(f"{onnx_path}: no finpulse version metadata; export it with {EXPORT_HINT}")
     batcher = Batcher.for_checkpoint(onnx_path.parent, max_length=max_length, token_budget=max_length * batch_rows)
     encoded = batcher.encode(texts)
     feeds = [onnx_feeds(*batcher.pad(encoded[i : i + batch_rows])) for i in range(0, len(encoded), batch_rows)]
@@ -328,8 +223,8 @@ def quantize_int8_static(
     fused_model = _with_types(_fuse_bert(onnx_path, metadata, attention=fuse_attention))
     # Leave the pooler and both heads fp32 (see quantize_int8): every node after the [CLS] pick.
     exclude = _head_nodes(fused_model)
-    tmp = _temp_beside(out_path)
-    fused = _temp_beside(out_path.with_name(out_path.name + ".fused"))
+    tmp = temp_beside(out_path)
+    fused = temp_beside(out_path.with_name(out_path.name + ".fused"))
     try:
         onnx.save(fused_model, fused)
         quantize_static(
@@ -355,9 +250,9 @@ def quantize_int8_static(
             },
         )
         model = onnx.load(tmp)
-        _set_metadata(model, {
+        set_metadata(model, {
             **metadata, VERSION_KEY: metadata[VERSION_KEY] + STATIC_SUFFIX, INT8_MODE_KEY: "static",
-            _REDUCE_RANGE_KEY: str(reduce_range).lower(),
+            REDUCE_RANGE_KEY: str(reduce_range).lower(),
         })
         onnx.save(model, tmp)
         os.replace(tmp, out_path)
@@ -410,25 +305,3 @@ def _head_nodes(model: onnx.ModelProto) -> list[str]:
             continue  # the [CLS] pick: what feeds it is the encoder
         stack.extend(node.input)
     return heads
-
-
-class _LogitsOnly(torch.nn.Module):
-    """The model as a function of three tensors to two, the signature the ONNX graph gets."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return out.sentiment_logits, out.topic_logits
-
-
-def _set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
-
-
