@@ -81,8 +81,8 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def plain_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A headless BertModel directory, like a sentence-transformers MiniLM or bert-base.
 
-    Its word-level vocabulary is built in sorted order (engines.training.tiny trains a WordPiece whose
-    ids vary between processes), so the numbers the training tests see are reproducible.
+    Its word-level vocabulary is exactly the synthetic rows' words, in sorted order, so the numbers the
+    training tests see are reproducible.
     """
     out = tmp_path_factory.mktemp("plain-bert")
     words = {w for r in synthetic_rows() for w in r["text"].replace(":", " : ").split()}
