@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from transformers import BertConfig, BertModel, BertPreTrainedModel
 from transformers.utils import ModelOutput
 
-from engines.base import SENTIMENT_LABELS
+from engines.serving.types import SENTIMENT_LABELS
 
 IGNORE_INDEX = -100
 

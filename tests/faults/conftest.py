@@ -65,7 +65,7 @@ def services() -> Iterator[Services]:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engines.tiny import build_tiny_checkpoint
+    from engines.training.tiny import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny-mbert")
 

@@ -22,7 +22,7 @@ from pydantic import TypeAdapter
 
 from engines import load_engine
 from engines.modeling import BertForSentimentAndTopic
-from engines.tiny import build_tiny_checkpoint
+from engines.training.tiny import build_tiny_checkpoint
 from schemas.alerts import Alert, Rule, SubscriptionSpec
 from tests.webhook_receiver import Receiver
 from worker.delivery.webhooks import verify_signature

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from engines.tiny import build_tiny_checkpoint
+from engines.training.tiny import build_tiny_checkpoint
 from schemas.alerts import Rule, SubscriptionSpec
 from tests.webhook_receiver import Receiver
 from worker.samples import sample_items

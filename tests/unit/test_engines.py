@@ -1,4 +1,7 @@
-"""engines: tiny offline checkpoint -> load_engine -> predict, plus the two-head model itself."""
+"""engines: the two-head model itself, load_engine's choices and errors, and model_version on the tiny checkpoint.
+
+What every backend must do with texts (scores, batching, order, edge cases) is in test_backend_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -10,88 +13,15 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from engines import SENTIMENT_LABELS, Scores, load_engine
-from engines import loader
+from engines import SENTIMENT_LABELS, load_engine
 from engines.modeling import BertForSentimentAndTopic, configure_heads
-from engines.tiny import build_tiny_checkpoint
-
-from .texts import EDGE_CASES, MULTILINGUAL
-from .texts import assert_valid as assert_valid_distributions
-
+from engines.serving import loader
+from engines.training.tiny import build_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-mbert"))
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_dir: Path):
-    return load_engine(tiny_dir)
-
-
-def assert_valid(scores: Scores) -> None:
-    assert_valid_distributions(scores)
-    probs = scores.sentiment.probs
-    assert scores.sentiment_score == pytest.approx(probs["positive"] - probs["negative"])
-
-
-def probs_close(a: Scores, b: Scores, tol: float = 1e-4) -> bool:
-    pairs = ((a.sentiment, b.sentiment), (a.topic, b.topic))
-    return all(
-        x.label == y.label and all(abs(x.probs[k] - y.probs[k]) <= tol for k in x.probs) for x, y in pairs
-    )
-
-
-def test_predict_seven_languages(engine) -> None:
-    assert engine.backend == "torch"
-    results = engine.predict(list(MULTILINGUAL.values()))
-    assert len(results) == len(MULTILINGUAL)
-    for scores in results:
-        assert_valid(scores)
-    # The tiny model is random but input-sensitive; without this the consistency tests below
-    # could pass on a model that ignores its input.
-    assert len({round(s.sentiment_score, 4) for s in results}) == len(MULTILINGUAL)
-
-
-def test_batch_matches_single_and_keeps_order(tiny_dir: Path) -> None:
-    # A small budget forces several batches of different padded widths.
-    small = load_engine(tiny_dir, max_length=32, token_budget=64)
-    texts = [*MULTILINGUAL.values(), "", "Ibex", "Nvidia unveiled a new AI chip " * 10]
-    batched = small.predict(texts)
-    singles = [small.predict([t])[0] for t in texts]
-    for text, b, s in zip(texts, batched, singles):
-        assert probs_close(b, s), text
-    assert [probs_close(a, b) for a, b in zip(small.predict(texts[::-1]), batched[::-1])] == [True] * len(texts)
-
-
-def test_batches_respect_token_budget(tiny_dir: Path) -> None:
-    small = load_engine(tiny_dir, max_length=32, token_budget=64)
-    shapes: list[torch.Size] = []
-    small.model.register_forward_hook(lambda m, args, kwargs, out: shapes.append(kwargs["input_ids"].shape),
-                                      with_kwargs=True)
-    texts = [*MULTILINGUAL.values()] * 3 + ["a", "b", "c"]
-    small.predict(texts)
-    assert len(shapes) > 1
-    assert sum(rows for rows, _ in shapes) == len(texts)
-    assert all(rows * width <= 64 and width <= 32 for rows, width in shapes)
-
-
-@pytest.mark.parametrize("case", list(EDGE_CASES))
-def test_edge_cases_return_defined_scores(engine, case: str) -> None:
-    [scores] = engine.predict([EDGE_CASES[case]])
-    assert_valid(scores)
-
-
-def test_long_text_is_truncated_not_rejected(engine) -> None:
-    big = EDGE_CASES["one_megabyte"]
-    [whole] = engine.predict([big])
-    [prefix] = engine.predict([big[:2000]])  # already far beyond 128 tokens
-    assert probs_close(whole, prefix, tol=1e-6)
-
-
-def test_empty_input_returns_empty_list(engine) -> None:
-    assert engine.predict([]) == []
 
 
 def test_model_version_tracks_weights(tiny_dir: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from engines import load_engine
-from engines.tiny import build_tiny_checkpoint
+from engines.training.tiny import build_tiny_checkpoint
 from schemas.news import NewsItem, Prediction, ScoredItem
 from worker import metrics
 from worker.settings import CacheSettings, StoreSettings

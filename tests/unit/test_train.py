@@ -1,4 +1,4 @@
-"""engines.data / engines.evaluate / engines.train on a tiny BERT and a synthetic, learnable set."""
+"""engines.training: data, evaluate and train on a tiny BERT and a synthetic, learnable set."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
 
 from engines import load_engine
-from engines import train as train_module
-from engines.data import Example, Fields, encode, load_examples, pad_batch, split_holdout
-from engines.evaluate import classification_report, evaluate, mean_macro_f1
 from engines.modeling import IGNORE_INDEX, SentimentTopicOutput
-from engines.tiny import DEFAULT_TOPICS, SPECIAL_TOKENS, build_tiny_checkpoint
-from engines.train import CHECKPOINT_DIR, EVAL_FILE, STATE_FILE, train
+from engines.training import train as train_module
+from engines.training.checkpoints import CHECKPOINT_DIR, EVAL_FILE, STATE_FILE
+from engines.training.data import Example, Fields, encode, load_examples, pad_batch, split_holdout
+from engines.training.evaluate import classification_report, evaluate, mean_macro_f1
+from engines.training.tiny import DEFAULT_TOPICS, SPECIAL_TOKENS, build_tiny_checkpoint
+from engines.training.train import train
 
 # One keyword per class: a 1-layer, 32-wide BERT learns these in a few epochs.
 SENTIMENT_WORDS = {"negative": "plunge", "neutral": "steady", "positive": "surge"}
@@ -80,8 +81,8 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def plain_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A headless BertModel directory, like a sentence-transformers MiniLM or bert-base.
 
-    Its word-level vocabulary is built in sorted order (engines.tiny trains a WordPiece whose
-    ids vary between processes), so the numbers the training tests see are reproducible.
+    Its word-level vocabulary is exactly the synthetic rows' words, in sorted order, so the numbers the
+    training tests see are reproducible.
     """
     out = tmp_path_factory.mktemp("plain-bert")
     words = {w for r in synthetic_rows() for w in r["text"].replace(":", " : ").split()}
@@ -298,18 +299,18 @@ def test_resume_continues_where_a_crashed_run_stopped(
                    dev_where={"lang": "de"})
     reference = train(str(tiny_base), [train_file], [train_file], tmp_path / "straight", **options)
 
-    real_save = train_module._save_checkpoint
+    real_save = train_module.save_checkpoint
 
     def save_then_crash(*args: Any) -> None:
         real_save(*args)
         raise KeyboardInterrupt("simulated crash after epoch 1")
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_crash)
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train(str(tiny_base), [train_file], [train_file], tmp_path / "crashed", **options)
     # 36 en+es rows, batch 4: 9 micro-batches, 2 per update -> 5 updates per epoch.
     assert read_json(tmp_path / "crashed" / CHECKPOINT_DIR / STATE_FILE)["global_step"] == 5
-    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
 
     resumed = train(str(tiny_base), [train_file], [train_file], tmp_path / "crashed", resume=True, **options)
     state = read_json(tmp_path / "crashed" / CHECKPOINT_DIR / STATE_FILE)

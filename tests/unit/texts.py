@@ -4,7 +4,7 @@ check that a result is a well-formed pair of probability distributions."""
 import math
 
 from engines import SENTIMENT_LABELS, Scores
-from engines.tiny import DEFAULT_TOPICS
+from engines.training.tiny import DEFAULT_TOPICS
 
 MULTILINGUAL = {
     "en": "Apple beat revenue estimates and raised its dividend.",

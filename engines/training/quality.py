@@ -1,11 +1,11 @@
 """Reproducible data for docs/model-quality.md: a seeded multilingual split and the TF-IDF baseline.
 
-    python -m engines.quality split --data ../shared/data --out /tmp/fq   # train.jsonl, dev.jsonl
-    python -m engines.quality baseline --split /tmp/fq                     # TF-IDF + LR on the same split
-    python -m engines.quality compare --model DIR --data FILE               # backends: docs/s and macro-F1
-        [--backends torch,onnxruntime-int8,onnxruntime:other.int8.onnx]      # any exports of the same weights
-    python -m engines.quality calibration --data FILE --out C.jsonl        # training-side texts for static int8
-    python -m engines.quality plot --model-eval DIR/eval.json --baseline B --out PNG
+    python -m engines.training.quality split --data ../shared/data --out /tmp/fq   # train.jsonl, dev.jsonl
+    python -m engines.training.quality baseline --split /tmp/fq                     # TF-IDF + LR on the same split
+    python -m engines.training.quality compare --model DIR --data FILE               # backends: docs/s and macro-F1
+        [--backends torch,onnxruntime-int8,onnxruntime:other.int8.onnx]               # any exports of the same weights
+    python -m engines.training.quality calibration --data FILE --out C.jsonl        # training-side texts for static int8
+    python -m engines.training.quality plot --model-eval DIR/eval.json --baseline B --out PNG
 
 The split pools the financial sentiment sets, the 8-language tweets and MultiFin's topics,
 capped per source so a CPU run stays within minutes, and holds out a stratified share.
@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from engines.data import Example, Fields, load_examples, split_holdout
-from engines.evaluate import evaluate, render_report
+from engines.training.data import Example, Fields, load_examples, split_holdout
+from engines.training.evaluate import evaluate, render_report
 
 # (file, label field, head, row filter); the filters keep each set's training rows.
 SOURCES: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
@@ -90,7 +90,7 @@ def compare(
 ) -> dict[str, Any]:
     """Speed and quality of each backend on the same held-out rows, in one process.
 
-    backends are keys of engines.bench.VARIANTS or "onnxruntime:FILE" (another ONNX export in
+    backends are keys of engines.export.bench.VARIANTS or "onnxruntime:FILE" (another ONNX export in
     model_dir). Repeats go round-robin so that background load weighs on every backend alike;
     docs_per_s is from the median repeat, and spread (slowest / fastest repeat - 1) shows the
     noise. speedup and *_f1_change_points are against the first backend.
@@ -98,7 +98,7 @@ def compare(
     import statistics
     import time
 
-    from engines.bench import make_variant
+    from engines.export.bench import make_variant
 
     texts = [r.text for r in rows]
     results: dict[str, Any] = {}
@@ -166,7 +166,7 @@ def plot_by_language(model_report: dict[str, Any], baseline_report: dict[str, An
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m engines.quality")
+    parser = argparse.ArgumentParser(prog="python -m engines.training.quality")
     commands = parser.add_subparsers(dest="command", required=True)
     split = commands.add_parser("split", help="write train.jsonl and dev.jsonl")
     split.add_argument("--data", type=Path, required=True, help="the shared data directory")

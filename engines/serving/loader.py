@@ -3,7 +3,7 @@
 "auto" takes the first backend in _PREFERENCE that can serve the checkpoint: tensorrt
 (installed, a CUDA GPU, model.onnx, and the engine builds), else onnxruntime (installed and
 an ONNX export in the directory), else torch. Exporting is a separate, explicit step
-(engines.export), so a directory without model.onnx keeps running on torch.
+(engines.export.onnx_export), so a directory without model.onnx keeps running on torch.
 """
 
 from __future__ import annotations
@@ -13,47 +13,43 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from engines.base import Engine
+from engines.serving.backends.onnx_files import EXPORT_HINT, INT8_NAME, ONNX_NAME
+from engines.serving.types import Engine
 
 log = logging.getLogger(__name__)
 
 
 def _torch_engine(model_dir: str | Path, **options: object) -> Engine:
-    from engines.torch_backend import TorchEngine  # deferred: import torch only when chosen
+    from engines.serving.backends.torch_engine import TorchEngine  # deferred: import torch only when chosen
 
     return TorchEngine(model_dir, **options)  # type: ignore[arg-type]
 
 
 def _onnx_engine(model_dir: str | Path, **options: object) -> Engine:
-    from engines.onnx_backend import OnnxEngine
+    from engines.serving.backends.onnxruntime_engine import OnnxEngine
 
     return OnnxEngine(model_dir, **options)  # type: ignore[arg-type]
 
 
-def _tensorrt_engine(model_dir: str | Path, *, threads: int | None = None, **options: object) -> Engine:
-    from engines.tensorrt_backend import TensorRTEngine
+def _tensorrt_engine(model_dir: str | Path, **options: object) -> Engine:
+    from engines.serving.backends.tensorrt_engine import TensorRTEngine
 
-    del threads  # the GPU does the work; tokenising stays single-threaded
     return TensorRTEngine(model_dir, **options)  # type: ignore[arg-type]
 
 
 def _has_onnx(model_dir: Path) -> str | None:
-    from engines.onnx_backend import INT8_NAME, ONNX_NAME
-
     if (model_dir / ONNX_NAME).is_file() or (model_dir / INT8_NAME).is_file():
         return None
-    return f"needs {ONNX_NAME} in {model_dir} (engines.export.export_onnx)"
+    return f"needs {ONNX_NAME} in {model_dir} ({EXPORT_HINT})"
 
 
 def _has_gpu_and_onnx(model_dir: Path) -> str | None:
-    from engines.onnx_backend import ONNX_NAME
-
     import torch
 
     if not torch.cuda.is_available():
         return "needs a CUDA GPU"
     if not (model_dir / ONNX_NAME).is_file():
-        return f"needs {ONNX_NAME} in {model_dir} (engines.export.export_onnx)"
+        return f"needs {ONNX_NAME} in {model_dir} ({EXPORT_HINT})"
     return None
 
 

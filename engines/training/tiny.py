@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tokenizers import BertWordPieceTokenizer
+from tokenizers.normalizers import BertNormalizer
+from tokenizers.pre_tokenizers import BertPreTokenizer
 from transformers import BertConfig, BertTokenizerFast
 
 from engines.modeling import BertForSentimentAndTopic, configure_heads
@@ -28,7 +29,6 @@ DEFAULT_TOPICS: tuple[str, ...] = (
 )
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, the BERT convention
-VOCAB_SIZE = 3000
 
 CORPUS: dict[str, tuple[str, ...]] = {
     "en": (
@@ -184,10 +184,14 @@ def build_tiny_checkpoint(
     seed: int = 0,
     name: str = "tiny-mbert",
 ) -> Path:
-    """Write tokenizer + randomly initialised BertForSentimentAndTopic to out_dir and return it."""
+    """Write tokenizer + randomly initialised BertForSentimentAndTopic to out_dir and return it.
+
+    Deterministic: the same arguments give byte-identical files (hence the same model_version and
+    scores) in every process, so tests can store expected scores (tests/unit/data/).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer()
+    tokenizer = _build_tokenizer()
     config = configure_heads(
         BertConfig(
             vocab_size=tokenizer.vocab_size,
@@ -211,17 +215,27 @@ def build_tiny_checkpoint(
     return out_dir
 
 
-def _train_tokenizer() -> BertTokenizerFast:
-    """Cased multilingual WordPiece, CJK split per character as in mBERT."""
-    wordpiece = BertWordPieceTokenizer(lowercase=False, strip_accents=False, handle_chinese_chars=True)
-    wordpiece.train_from_iterator(
-        (sentence for sentences in CORPUS.values() for sentence in sentences),
-        vocab_size=VOCAB_SIZE,
-        min_frequency=1,
-        limit_alphabet=VOCAB_SIZE,  # keep every character: CJK alone would overflow the default of 1000
-        special_tokens=SPECIAL_TOKENS,
-        show_progress=False,
-    )
+def _build_tokenizer() -> BertTokenizerFast:
+    """Cased multilingual WordPiece, CJK split per character as in mBERT, over a vocabulary derived
+    from CORPUS alone: the special tokens, every character (word-initial, then as a ##continuation)
+    and every whole word, each group sorted.
+
+    Not trained: tokenizers' WordPiece trainer breaks ties between equally frequent merges in
+    hash order, so its vocabulary (even its size) changed from process to process, and with it
+    every token id and every score of the random model. Words outside CORPUS are spelt out in
+    characters; characters outside it (emoji) are [UNK].
+    """
+    normalizer = BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)
+    pre_tokenizer = BertPreTokenizer()
+    words = {
+        word
+        for sentences in CORPUS.values()
+        for sentence in sentences
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(sentence))
+    }
+    chars = sorted({char for word in words for char in word})
+    tokens = [*SPECIAL_TOKENS, *chars, *(f"##{char}" for char in chars), *sorted(w for w in words if len(w) > 1)]
     return BertTokenizerFast(
-        vocab=wordpiece.get_vocab(), do_lower_case=False, strip_accents=False, model_max_length=512
+        vocab={token: i for i, token in enumerate(tokens)}, do_lower_case=False, strip_accents=False,
+        tokenize_chinese_chars=True, model_max_length=512,
     )

@@ -1,36 +1,25 @@
 """ONNX Runtime (CPU) inference engine for checkpoints exported by engines.export.
 
-The ONNX files live in the checkpoint directory beside model.safetensors and the tokenizer,
-so one directory serves every backend. Each ONNX file carries the model_version of the
-weights it was exported from in its metadata (see engines.export), which lets the engine
-refuse an export left behind by retraining instead of caching its scores under the new version.
+The files and their version metadata are described in engines.serving.backends.onnx_files.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engines.base import Scores
-from engines.batching import WEIGHTS_NAME, Batcher, sha256_file
+from engines.serving.base import BatchedEngine
+from engines.serving.backends.onnx_files import INT8_NAME, ONNX_NAME, OUTPUT_NAMES, checked_version, onnx_feeds
 
 if TYPE_CHECKING:
     import onnxruntime
 
-ONNX_NAME = "model.onnx"
-INT8_NAME = "model.int8.onnx"
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-OUTPUT_NAMES = ("sentiment_logits", "topic_logits")
-VERSION_KEY = "finpulse.model_version"
-WEIGHTS_SHA_KEY = "finpulse.weights_sha256"
 
-
-class OnnxEngine:
-    """Scores texts with ONNX Runtime on CPU, batching exactly like TorchEngine (engines.batching)."""
+class OnnxEngine(BatchedEngine):
+    """Scores texts with ONNX Runtime on CPU, batching exactly like TorchEngine (BatchedEngine)."""
 
     backend = "onnxruntime"
 
@@ -41,6 +30,7 @@ class OnnxEngine:
         max_length: int = 128,
         token_budget: int = 8192,
         threads: int | None = None,
+        max_rows: int | None = None,
         quantized: bool | None = None,
         onnx_file: str | Path | None = None,
     ) -> None:
@@ -50,29 +40,27 @@ class OnnxEngine:
         (finpulse.int8_mode, finpulse.int8_reduce_range) and model_version suffix tell which.
         onnx_file: another ONNX export of these weights (relative to model_dir or absolute), e.g. a
         quantisation variant being compared; it overrides quantized."""
+        self.quantized = quantized
+        self.onnx_file = onnx_file
+        super().__init__(
+            model_dir, max_length=max_length, token_budget=token_budget, threads=threads, max_rows=max_rows
+        )
+
+    def _load(self, model_dir: str | Path) -> str:
         model_dir = Path(model_dir)
-        self.max_length = max_length
-        self.token_budget = token_budget
-        self.batcher = Batcher.for_checkpoint(model_dir, max_length=max_length, token_budget=token_budget)
-        self.onnx_path = model_dir / onnx_file if onnx_file is not None else _pick_model(model_dir, quantized)
+        if self.onnx_file is not None:
+            self.onnx_path = model_dir / self.onnx_file
+        else:
+            self.onnx_path = _pick_model(model_dir, self.quantized)
         if not self.onnx_path.is_file():
             raise FileNotFoundError(f"{self.onnx_path} not found")
-        self.session = create_session(self.onnx_path, threads=threads)
+        self.session = create_session(self.onnx_path, threads=self.threads)
         metadata = self.session.get_modelmeta().custom_metadata_map
-        self.model_version = checked_version(metadata, self.onnx_path, model_dir)
-
-    def predict(self, texts: Sequence[str]) -> list[Scores]:
-        """Score texts; results are in input order, [] for []."""
-        return self.batcher.predict(texts, self._logits)
+        return checked_version(metadata, self.onnx_path, model_dir)
 
     def _logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sentiment, topic = self.session.run(list(OUTPUT_NAMES), onnx_feeds(input_ids, attention_mask))
         return sentiment, topic
-
-
-def onnx_feeds(input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
-    """The graph's inputs by name; token type 0 throughout, as for single-segment texts."""
-    return dict(zip(INPUT_NAMES, (input_ids, attention_mask, np.zeros_like(input_ids))))
 
 
 def create_session(onnx_path: str | Path, *, threads: int | None = None) -> onnxruntime.InferenceSession:
@@ -93,27 +81,6 @@ def create_session(onnx_path: str | Path, *, threads: int | None = None) -> onnx
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
-def checked_version(metadata: dict[str, str], onnx_path: Path, model_dir: Path) -> str:
-    """The model_version recorded at export, after checking that model.safetensors still holds those weights."""
-    if VERSION_KEY not in metadata or WEIGHTS_SHA_KEY not in metadata:
-        raise ValueError(f"{onnx_path}: no finpulse version metadata; export it with engines.export.export_onnx")
-    weights = model_dir / WEIGHTS_NAME
-    if weights.is_file() and sha256_file(weights) != metadata[WEIGHTS_SHA_KEY]:
-        raise ValueError(
-            f"{onnx_path} was exported from other weights than {weights} (retrained since?); "
-            "re-run engines.export.export_onnx"
-        )
-    return metadata[VERSION_KEY]
-
-
-def read_metadata(onnx_path: str | Path) -> dict[str, str]:
-    """An ONNX file's metadata_props, without loading external weight files."""
-    import onnx
-
-    model = onnx.load(onnx_path, load_external_data=False)
-    return {prop.key: prop.value for prop in model.metadata_props}
-
-
 def _pick_model(model_dir: Path, quantized: bool | None) -> Path:
     fp32, int8 = model_dir / ONNX_NAME, model_dir / INT8_NAME
     if quantized is None:
@@ -121,7 +88,9 @@ def _pick_model(model_dir: Path, quantized: bool | None) -> Path:
     else:
         path = int8 if quantized else fp32
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; create it with engines.export (export_onnx, quantize_int8)")
+        raise FileNotFoundError(
+            f"{path} not found; create it with engines.export (onnx_export.export_onnx, int8.quantize_int8)"
+        )
     return path
 
 

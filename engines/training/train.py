@@ -6,7 +6,7 @@ eval.json (that epoch's dev metrics per head and language) and checkpoint-last/ 
 optimizer, scheduler, RNG and loop state after the latest epoch) to resume from.
 
 Accelerate owns devices, DDP, gradient accumulation and autocast, so the same loop runs on
-one CPU, one GPU or many (`accelerate launch -m engines.train ...`).
+one CPU, one GPU or many (`accelerate launch -m engines.training.train ...`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import argparse
 import json
 import logging
 import math
-import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from statistics import fmean
@@ -34,8 +32,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from engines.base import SENTIMENT_LABELS
-from engines.data import (
+from engines.modeling import IGNORE_INDEX, BertForSentimentAndTopic, SentimentTopicOutput, configure_heads
+from engines.serving.types import SENTIMENT_LABELS
+from engines.training.checkpoints import (
+    CHECKPOINT_DIR,
+    EVAL_FILE,
+    TrainerState,
+    restore,
+    save_checkpoint,
+    save_model,
+)
+from engines.training.data import (
     Example,
     Fields,
     Where,
@@ -46,33 +53,15 @@ from engines.data import (
     split_holdout,
     topic_labels_of,
 )
-from engines.evaluate import evaluate, mean_macro_f1, render_report
-from engines.modeling import IGNORE_INDEX, BertForSentimentAndTopic, SentimentTopicOutput, configure_heads
+from engines.training.evaluate import evaluate, mean_macro_f1, render_report
 
 DEFAULT_BASE = "bert-base-multilingual-cased"
-CHECKPOINT_DIR = "checkpoint-last"
-STATE_FILE = "trainer_state.json"
-EVAL_FILE = "eval.json"
 HEADS = ("sentiment", "topic")
 # Topic head of a model trained on sentiment-only rows from a base without topic labels:
 # one class, so it always answers "other" with probability 1 instead of random topics.
 FALLBACK_TOPICS = ("other",)
 
 log = get_logger(__name__)  # Accelerate's adapter: logs once, on the main process
-
-
-@dataclass
-class TrainerState:
-    """Loop state saved beside Accelerate's tensors, so that a resumed run picks up where it stopped."""
-
-    topic_labels: list[str]
-    epoch: int = 0  # epochs completed
-    global_step: int = 0  # optimizer updates done
-    best_score: float = -1.0  # best dev macro-F1 (mean over heads) so far
-    best_epoch: int = 0
-    bad_epochs: int = 0  # epochs since best_score last improved
-    step_log: list[dict[str, Any]] = field(default_factory=list)
-    epoch_log: list[dict[str, Any]] = field(default_factory=list)
 
 
 def train(
@@ -145,7 +134,7 @@ def train(
     checkpoint = out_dir / CHECKPOINT_DIR
     state = TrainerState(topic_labels=labels["topic"])
     if resume:
-        state = _restore(accelerator, checkpoint, state)
+        state = restore(accelerator, checkpoint, state)
     for epoch in range(state.epoch + 1, epochs + 1):
         if patience is not None and state.bad_epochs >= patience:
             log.info("early stop: dev macro-F1 has not improved for %d epochs (best: epoch %d, %.4f)",
@@ -161,11 +150,11 @@ def train(
         log.info("epoch %d: train loss %.4f, dev macro-F1 %.4f", epoch, train_loss, score)
         if score > state.best_score:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
-            _save_model(accelerator, model, tokenizer, out_dir, report)
+            save_model(accelerator, model, tokenizer, out_dir, report)
         else:
             state.bad_epochs += 1
         state.epoch = epoch
-        _save_checkpoint(accelerator, checkpoint, state)
+        save_checkpoint(accelerator, checkpoint, state)
 
     accelerator.wait_for_everyone()
     report = json.loads((out_dir / EVAL_FILE).read_text(encoding="utf-8"))
@@ -352,51 +341,6 @@ def _evaluate(
     return evaluate(gold, pred, [rows[r].lang for r in order], labels)
 
 
-def _save_model(
-    accelerator: Accelerator, model: nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
-    report: Mapping[str, Any],
-) -> None:
-    """Write the load_engine-ready directory and its eval.json (called for each new best epoch)."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
-        (out_dir / EVAL_FILE).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
-    accelerator.wait_for_everyone()
-
-
-def _save_checkpoint(accelerator: Accelerator, directory: Path, state: TrainerState) -> None:
-    """Save into a sibling temp dir, then swap it in: a crash mid-save keeps the previous checkpoint."""
-    staging = directory.with_name(directory.name + ".tmp")
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (staging / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    accelerator.wait_for_everyone()
-
-
-def _restore(accelerator: Accelerator, directory: Path, fresh: TrainerState) -> TrainerState:
-    """Load checkpoint-last into the prepared objects; start fresh if there is none."""
-    state_file = directory / STATE_FILE
-    if not state_file.is_file():
-        log.warning("resume: no %s; starting from epoch 1", state_file)
-        return fresh
-    state = TrainerState(**json.loads(state_file.read_text(encoding="utf-8")))
-    if state.topic_labels != fresh.topic_labels:
-        raise ValueError(f"{directory} was trained with topics {state.topic_labels}, "
-                         f"these rows give {fresh.topic_labels}")
-    accelerator.load_state(str(directory))
-    log.info("resuming after epoch %d (step %d, best dev macro-F1 %.4f at epoch %d)",
-             state.epoch, state.global_step, state.best_score, state.best_epoch)
-    return state
-
-
 def _where(pairs: Sequence[str] | None) -> dict[str, list[str]] | None:
     """["source=fpb", "split=train", "split=val"] -> {"source": ["fpb"], "split": ["train", "val"]}."""
     if not pairs:
@@ -411,8 +355,8 @@ def _where(pairs: Sequence[str] | None) -> dict[str, list[str]] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: python -m engines.train (or accelerate launch -m engines.train) --help."""
-    p = argparse.ArgumentParser(prog="python -m engines.train", description=__doc__.splitlines()[0])
+    """Command line: python -m engines.training.train (or accelerate launch -m engines.training.train) --help."""
+    p = argparse.ArgumentParser(prog="python -m engines.training.train", description=__doc__.splitlines()[0])
     p.add_argument("--base", default=DEFAULT_BASE, help="hub id or directory of a BERT-family checkpoint")
     p.add_argument("--train", nargs="+", required=True, type=Path, help=".jsonl/.csv training files")
     p.add_argument("--dev", nargs="+", type=Path, help="dev files (default: hold out --dev-fraction of --train)")

@@ -7,18 +7,16 @@ padding, same batches) and gives them identical edge-case behaviour.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from engines.base import SENTIMENT_LABELS, HeadPrediction, Scores
+from engines.serving.checkpoint import load_tokenizer
+from engines.serving.types import SENTIMENT_LABELS, HeadPrediction, Scores
 
-WEIGHTS_NAME = "model.safetensors"
-_HASH_CHUNK = 1 << 20
 # Texts are cut to max_length * this many characters before tokenising: only the first
 # max_length tokens are kept anyway, and tokenising a 1 MB post in full would stall the worker.
 _CHARS_PER_TOKEN_CAP = 64
@@ -124,28 +122,6 @@ class Batcher:
             input_ids[r, : len(row)] = row
             attention_mask[r, : len(row)] = 1
         return input_ids, attention_mask
-
-
-def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
-    """The checkpoint's tokenizer; only fast ones, whose batch encoding keeps the worker responsive."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if not tokenizer.is_fast:
-        raise ValueError(f"{model_dir}: a fast (tokenizers-backed) tokenizer is required")
-    return tokenizer
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks so that a 700 MB checkpoint does not sit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def weights_version(name: str, weights_sha256: str) -> str:
-    """model_version of a checkpoint: "<name>-<first 12 hex of sha256(model.safetensors)>"."""
-    return f"{name}-{weights_sha256[:12]}"
 
 
 def _softmax(logits: np.ndarray) -> list[list[float]]:

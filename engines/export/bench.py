@@ -12,18 +12,18 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from engines.base import Engine, Scores
+from engines.serving.types import Engine, Scores
 
 
 def _torch(model_dir: Path, **options: object) -> Engine:
-    from engines.torch_backend import TorchEngine
+    from engines.serving.backends.torch_engine import TorchEngine
 
     return TorchEngine(model_dir, **options)  # type: ignore[arg-type]
 
 
 def _onnx(quantized: bool) -> Callable[..., Engine]:
     def make(model_dir: Path, **options: object) -> Engine:
-        from engines.onnx_backend import OnnxEngine
+        from engines.serving.backends.onnxruntime_engine import OnnxEngine
 
         return OnnxEngine(model_dir, quantized=quantized, **options)  # type: ignore[arg-type]
 
@@ -31,10 +31,9 @@ def _onnx(quantized: bool) -> Callable[..., Engine]:
 
 
 def _tensorrt(fp16: bool) -> Callable[..., Engine]:
-    def make(model_dir: Path, *, threads: int | None = None, **options: object) -> Engine:
-        from engines.tensorrt_backend import TensorRTEngine
+    def make(model_dir: Path, **options: object) -> Engine:
+        from engines.serving.backends.tensorrt_engine import TensorRTEngine
 
-        del threads  # the GPU does the work: no CPU pool to size
         return TensorRTEngine(model_dir, fp16=fp16, **options)  # type: ignore[arg-type]
 
     return make
@@ -54,7 +53,7 @@ def make_variant(name: str, model_dir: Path, **options: object) -> Engine:
     """An engine for a key of VARIANTS, or for "onnxruntime:FILE": ONNX Runtime on another export of
     the same weights (FILE relative to model_dir or absolute), to compare quantisation variants."""
     if name.startswith("onnxruntime:"):
-        from engines.onnx_backend import OnnxEngine
+        from engines.serving.backends.onnxruntime_engine import OnnxEngine
 
         return OnnxEngine(model_dir, onnx_file=name.split(":", 1)[1], **options)  # type: ignore[arg-type]
     return VARIANTS[name](model_dir, **options)

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from engines.base import SENTIMENT_LABELS
 from engines.modeling import IGNORE_INDEX
+from engines.serving.types import SENTIMENT_LABELS
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""Backend-neutral types shared by every inference engine.
+"""Backend-neutral types shared by every inference engine, and the Engine protocol they serve.
 
 The worker only ever sees these types, so swapping torch for onnxruntime or TensorRT
-later changes nothing downstream.
+changes nothing downstream. The protocol follows text-embeddings-inference's Backend trait:
+a health check, the largest batch one forward pass takes, and predict.
 """
 
 from __future__ import annotations
@@ -38,9 +39,18 @@ class Scores:
 class Engine(Protocol):
     """What the worker needs from a scoring backend."""
 
-    backend: str  # "torch" now; "onnxruntime" / "tensorrt" later
-    model_version: str  # stable id of the weights: "<name>-<first 12 hex of sha256(model.safetensors)>"
-    max_length: int
+    backend: str  # "torch", "onnxruntime" or "tensorrt"
+    # Stable id of the scores: "<name>-<first 12 hex of sha256(model.safetensors)>", plus a suffix
+    # ("-int8", "-int8-static", "-fp16") for a variant whose scores move beyond float noise.
+    model_version: str
+    max_length: int  # tokens kept per text; longer texts are truncated
+    # Most rows in one forward pass (predict splits larger calls itself); None = no fixed cap,
+    # only the padded-token budget.
+    max_batch_size: int | None
+
+    def health(self) -> None:
+        """Raise if the backend cannot score (e.g. a forward pass on one short text fails); else None."""
+        ...
 
     def predict(self, texts: Sequence[str]) -> list[Scores]:
         """Score texts; results are in input order and [] for []."""

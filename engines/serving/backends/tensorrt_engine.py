@@ -8,45 +8,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
-from engines.base import Scores
-from engines.batching import Batcher
-from engines.onnx_backend import INPUT_NAMES, ONNX_NAME, OUTPUT_NAMES, checked_version, onnx_feeds, read_metadata
-
-MISSING = "the TensorRT backend needs an NVIDIA GPU and the tensorrt package"
-# Optimisation profile rows (min, opt, max). The largest matches the worker's default
-# micro-batch (FINPULSE_BATCH_MAX=64); the engine splits bigger calls.
-DEFAULT_BATCH = (1, 32, 64)
-
-
-def require_tensorrt() -> tuple[ModuleType, str]:
-    """(tensorrt module, CUDA device name), or RuntimeError saying which of the two is missing."""
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise RuntimeError(f"{MISSING}: {e}") from None
-    import torch
-
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"{MISSING}: no CUDA device is visible to torch")
-    return tensorrt, torch.cuda.get_device_name()
+from engines.serving.backends.onnx_files import (
+    EXPORT_HINT,
+    INPUT_NAMES,
+    ONNX_NAME,
+    OUTPUT_NAMES,
+    checked_version,
+    onnx_feeds,
+    read_metadata,
+)
+from engines.serving.backends.tensorrt_plan import (
+    DEFAULT_BATCH,
+    FP16_SUFFIX,
+    build_tensorrt_engine,
+    require_tensorrt,
+    tensorrt_has_fp16_flag,
+)
+from engines.serving.base import BatchedEngine
 
 
-def tensorrt_has_fp16_flag(trt: ModuleType) -> bool:
-    """Whether this TensorRT can pick fp16 kernels for an fp32 graph (10.x; 11.x dropped the flag)."""
-    return hasattr(trt.BuilderFlag, "FP16")
-
-
-class TensorRTEngine:
+class TensorRTEngine(BatchedEngine):
     """Scores texts with a cached TensorRT plan; torch CUDA tensors serve as the I/O buffers.
 
     The plan's optimisation profile covers sequences up to max_length and batches up to
-    batch[2] rows; Batcher caps each batch there and otherwise batches exactly like the other
-    backends. fp16 defaults to whether the installed TensorRT can build fp16 from the fp32
-    export (see engines.export.build_tensorrt_engine); fp16 plans report "<version>-fp16".
+    batch[2] rows, which is the engine's max_batch_size; otherwise it batches exactly like the
+    other backends. fp16 defaults to whether the installed TensorRT can build fp16 from the
+    fp32 export (see tensorrt_plan.build_tensorrt_engine); fp16 plans report "<version>-fp16".
+    threads is accepted like every backend's and ignored: the GPU does the work.
     """
 
     backend = "tensorrt"
@@ -57,31 +48,33 @@ class TensorRTEngine:
         *,
         max_length: int = 128,
         token_budget: int = 8192,
+        threads: int | None = None,
         fp16: bool | None = None,
         batch: Sequence[int] = DEFAULT_BATCH,
         cache_dir: str | Path | None = None,
     ) -> None:
+        self.fp16 = fp16
+        self.batch = tuple(batch)
+        self.cache_dir = cache_dir
+        super().__init__(
+            model_dir, max_length=max_length, token_budget=token_budget, threads=threads, max_rows=self.batch[2]
+        )
+
+    def _load(self, model_dir: str | Path) -> str:
         import torch
 
-        from engines.export import FP16_SUFFIX, build_tensorrt_engine
-
         trt, _ = require_tensorrt()
-        if fp16 is None:
-            fp16 = tensorrt_has_fp16_flag(trt)
+        if self.fp16 is None:
+            self.fp16 = tensorrt_has_fp16_flag(trt)
         model_dir = Path(model_dir)
         onnx_path = model_dir / ONNX_NAME
         if not onnx_path.is_file():
-            raise FileNotFoundError(f"{onnx_path} not found; create it with engines.export.export_onnx")
-        self.max_length = max_length
-        self.token_budget = token_budget
+            raise FileNotFoundError(f"{onnx_path} not found; create it with {EXPORT_HINT}")
         version = checked_version(read_metadata(onnx_path), onnx_path, model_dir)
-        self.fp16 = fp16
-        self.model_version = version + FP16_SUFFIX if fp16 else version
-        self.batcher = Batcher.for_checkpoint(
-            model_dir, max_length=max_length, token_budget=token_budget, max_rows=batch[2]
+        sequence = (1, max(1, self.max_length // 2), self.max_length)
+        plan = build_tensorrt_engine(
+            onnx_path, fp16=self.fp16, batch=self.batch, sequence=sequence, cache_dir=self.cache_dir
         )
-        sequence = (1, max(1, max_length // 2), max_length)
-        plan = build_tensorrt_engine(onnx_path, fp16=fp16, batch=batch, sequence=sequence, cache_dir=cache_dir)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
@@ -92,10 +85,7 @@ class TensorRTEngine:
         self._stream = torch.cuda.Stream()
         dtypes = {trt.int32: torch.int32, trt.int64: torch.int64, trt.float16: torch.float16, trt.float32: torch.float32}
         self._dtypes = {name: dtypes[self._engine.get_tensor_dtype(name)] for name in INPUT_NAMES + OUTPUT_NAMES}
-
-    def predict(self, texts: Sequence[str]) -> list[Scores]:
-        """Score texts; results are in input order, [] for []."""
-        return self.batcher.predict(texts, self._logits)
+        return version + FP16_SUFFIX if self.fp16 else version
 
     def _logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
