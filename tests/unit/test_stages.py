@@ -14,7 +14,7 @@ from sqlalchemy import exc as sa_exc
 from typer.testing import CliRunner
 
 from engines import load_engine
-from engines.tiny import build_tiny_checkpoint
+from engines.training.tiny import build_tiny_checkpoint
 from schemas.news import DeadLetter, NewsItem, ScoredItem
 from worker.backoff import Backoff, is_permanent
 from worker.entrypoints.cli import cli

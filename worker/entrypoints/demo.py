@@ -39,7 +39,7 @@ def _model_dir(engine: EngineSettings) -> Path:
     """FINPULSE_MODEL_DIR when it is set, else a tiny random-weight model built once."""
     if "model_dir" in engine.model_fields_set:
         return Path(engine.model_dir)
-    from engines.tiny import build_tiny_checkpoint
+    from engines.training.tiny import build_tiny_checkpoint
 
     tiny = DEMO_DIR / "tiny-mbert"
     if not (tiny / "model.safetensors").exists():

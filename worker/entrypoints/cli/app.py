@@ -50,18 +50,20 @@ def moment(value: str, option: str) -> datetime:
 
 
 def load_engine_or_exit(settings: EngineSettings, model: str | None = None, backend: str | None = None) -> Engine:
-    """The configured model (or --model/--backend), or one clear line and exit code 2."""
+    """The configured model (or --model/--backend) after one health check, or one clear line and exit code 2."""
     from engines import load_engine
 
     try:
-        return load_engine(
+        engine = load_engine(
             model or settings.model_dir,
             backend or settings.backend,
             max_length=settings.max_length,
             token_budget=settings.token_budget,
             threads=settings.threads,
         )
-    except (OSError, ValueError) as exc:
+        engine.health()  # one forward pass: a broken model fails here, not on the first batch
+        return engine
+    except (OSError, ValueError, RuntimeError) as exc:
         err.print(f"[red]cannot load the model {model or settings.model_dir!r}: {str(exc).splitlines()[0]}[/red]")
         err.print("point FINPULSE_MODEL_DIR (or --model) at a checkpoint directory, e.g. `finpulse model tiny models/current`")
         raise typer.Exit(2) from exc

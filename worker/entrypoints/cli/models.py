@@ -16,9 +16,9 @@ from worker.entrypoints.cli.app import cli, err, model_cli
 def train(ctx: typer.Context) -> None:
     """Fine-tune a BERT checkpoint for sentiment and topic (`finpulse train --help` lists the options).
 
-    The same options work under `accelerate launch -m engines.train` for several GPUs or machines.
+    The same options work under `accelerate launch -m engines.training.train` for several GPUs or machines.
     """
-    from engines.train import main as train_main
+    from engines.training.train import main as train_main
 
     train_main(list(ctx.args))
 
@@ -50,12 +50,10 @@ def export(
     ] = None,
 ) -> None:
     """Compile a checkpoint: ONNX (checked against PyTorch), int8 ONNX for CPUs, a TensorRT engine for GPUs."""
-    from engines.export import (
-        build_tensorrt_engine,
-        export_onnx,
-        quantize_int8,
-        quantize_int8_static,
-    )
+    from engines.export.calibration import sample_texts
+    from engines.export.int8 import quantize_int8, quantize_int8_static
+    from engines.export.onnx_export import export_onnx
+    from engines.serving.backends.tensorrt_plan import build_tensorrt_engine
 
     unknown = set(to) - {"onnx", "onnx-int8", "tensorrt"}
     if unknown:
@@ -66,11 +64,7 @@ def export(
     if "onnx-int8" in to and int8_mode == "static" and calibration is None:
         raise typer.BadParameter("static int8 needs --calibration FILE (JSONL, `text`)", param_hint="--calibration")
     if "onnx-int8" in to and calibration is not None:
-        import random
-
-        lines = [json.loads(line) for line in calibration.read_text(encoding="utf-8").splitlines() if line.strip()]
-        texts = [row["text"] for row in lines if isinstance(row, dict) and isinstance(row.get("text"), str)]
-        texts = random.Random(0).sample(texts, min(calibration_size, len(texts)))
+        texts = sample_texts(calibration, calibration_size)
     onnx_path = model / "model.onnx"
     if "onnx" in to or not onnx_path.exists():
         onnx_path = export_onnx(model)
@@ -104,7 +98,7 @@ def bench(
     """Documents per second of each backend on the same texts, in one process, against the first."""
     from rich.table import Table
 
-    from engines.bench import bench_backends
+    from engines.export.bench import bench_backends
     from worker.stages.decode import Rejection, decode_news_item
 
     decoded = (decode_news_item(line, max_text_chars=100_000) for line in data.read_bytes().splitlines())
@@ -132,7 +126,7 @@ def bench(
 @model_cli.command("tiny")
 def model_tiny(out: Annotated[Path, typer.Argument(help="Directory to write")] = Path("models/tiny")) -> None:
     """Build a tiny random-weight multilingual BERT checkpoint (for demos and tests; its scores mean nothing)."""
-    from engines.tiny import build_tiny_checkpoint
+    from engines.training.tiny import build_tiny_checkpoint
 
     build_tiny_checkpoint(out)
     err.print(f"tiny checkpoint written to {out}")
