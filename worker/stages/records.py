@@ -9,7 +9,6 @@ reject always knows where it came from when the driver dead-letters it.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -17,7 +16,6 @@ from typing import Generic, TypeVar
 from schemas.news import DeadLetter
 
 T = TypeVar("T")
-U = TypeVar("U")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +77,3 @@ class StageResult(Generic[T]):
     @property
     def values(self) -> list[T]:
         return [a.value for a in self.accepted]
-
-    def extend_rejects(self, rejects: Iterable[Reject]) -> StageResult[T]:
-        self.rejected.extend(rejects)
-        return self
-
-    def map(self, function: Callable[[T], U]) -> StageResult[U]:
-        return StageResult([Accepted(a.record, function(a.value)) for a in self.accepted], list(self.rejected))
