@@ -139,7 +139,6 @@ async def replay(
         remaining = {tp: last for tp, (_, begin, last) in plan.items() if begin < last}
         for tp, (_, begin, _) in plan.items():
             consumer.seek(tp, begin)
-        await score.warm_up()
         bar = tqdm(
             total=report.in_range, initial=report.resumed_from, unit="msg", desc=f"replay {topic}",
             disable=None if progress else True,  # None: shown on a terminal only

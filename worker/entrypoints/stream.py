@@ -88,7 +88,6 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     async def score(stream: faust.StreamT[bytes]) -> None:
         """Decode and score each batch; emit ScoredItems and dead letters, then ack."""
         stage = build_score_stage(engine, settings.pipeline, settings.cache, cache_prefix=settings.redis_prefix)
-        await stage.warm_up()
         try:
             async for events in stream.noack_take(kafka.batch_max, within=kafka.batch_wait_ms / 1000):
                 metrics.DOCS_IN.inc(len(events))

@@ -41,11 +41,6 @@ class ScoreStage:
         self.languages = languages
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
 
-    async def warm_up(self) -> None:
-        """Load lazy models (language detection) before the first batch waits on them."""
-        if self.languages is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.languages.warm_up)
-
     def _enrich(self, items: Sequence[NewsItem]) -> list[tuple[str, list[str]]]:
         """(language, entities) per item; CPU work, so it runs in the engine thread too."""
         enriched = []

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from worker.settings import EngineSettings
+from worker.settings import EngineSettings, PipelineSettings
 
 if TYPE_CHECKING:
     from engines import Engine
@@ -67,3 +67,13 @@ def load_engine_or_exit(settings: EngineSettings, model: str | None = None, back
         err.print(f"[red]cannot load the model {model or settings.model_dir!r}: {str(exc).splitlines()[0]}[/red]")
         err.print("point FINPULSE_MODEL_DIR (or --model) at a checkpoint directory, e.g. `finpulse model tiny models/current`")
         raise typer.Exit(2) from exc
+
+
+def load_language_detector(settings: PipelineSettings) -> None:
+    """Load lingua's models now, before any event loop runs: loading holds the GIL for ~10 s, even in a
+    thread, which inside the loop would stall Kafka heartbeats and /metrics."""
+    if settings.detect_language:
+        from worker.stages.language import LanguageDetector
+
+        with err.status("loading the language detector…"):
+            LanguageDetector().warm_up()
