@@ -105,7 +105,7 @@ class CacheSettings(Section):
     url: OptionalText = env("REDIS_URL", "redis://127.0.0.1:6379/0", "Score cache; empty disables it")
     ttl_s: int = env("CACHE_TTL_S", 7 * 24 * 3600, "Lifetime of a cached score, s", ge=1)
     timeout_s: float = env("CACHE_TIMEOUT_S", 0.5, "Redis socket timeout, s", gt=0)
-    retry_s: float = env("CACHE_RETRY_S", 5.0, "After a Redis failure, score without the cache this long, s", gt=0)
+    retry_s: float = env("CACHE_RETRY_S", 5.0, "After a Redis failure, score without the cache for up to this long (jittered), s", gt=0)
 
 
 class StoreSettings(Section):
@@ -162,6 +162,7 @@ class Settings(Section):
         """Read `FINPULSE_*` from `environ` (default: the process's) over those of `env_file`."""
         found: dict[str, str | None] = dict(dotenv_values(env_file)) if env_file and Path(env_file).is_file() else {}
         found.update(os.environ if environ is None else environ)
+        found = {name.upper(): value for name, value in found.items()}  # names are case-insensitive
         values: dict[str, Any] = {}
         for section, name, field in fields():
             variable = env_name(field)
