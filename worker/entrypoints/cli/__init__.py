@@ -6,7 +6,9 @@
 - `subscriptions.py`: subscriptions add, list, rm.
 """
 
-from worker.entrypoints.cli import models, pipeline, subscriptions
+# Imported for their commands, in the order `finpulse --help` lists them: the pipeline's first.
+from worker.entrypoints.cli import pipeline  # isort: skip
+from worker.entrypoints.cli import models, subscriptions  # isort: skip
 from worker.entrypoints.cli.app import cli
 
 __all__ = ["cli", "main", "models", "pipeline", "subscriptions"]
