@@ -32,8 +32,8 @@ class ThresholdRule(BaseModel):
         description="negative_ratio = negative / volume; mean_score = mean of P(positive) - P(negative)"
     )
     op: Literal[">=", "<="] = ">="
-    value: float
-    min_count: int = Field(1, ge=1, description="Documents the window must hold before the rule is judged")
+    value: float = Field(allow_inf_nan=False)
+    min_count: int = Field(1, ge=1, le=1_000_000_000, description="Documents the window must hold before the rule is judged")
 
 
 class SpikeRule(BaseModel):
@@ -44,9 +44,9 @@ class SpikeRule(BaseModel):
     method: Literal["zscore", "ratio"] = Field(
         "zscore", description="zscore: (x - mean) / max(std, 1); ratio: x / max(mean, 1), over the baseline windows"
     )
-    threshold: float = Field(3.0, gt=0)
+    threshold: float = Field(3.0, gt=0, allow_inf_nan=False)
     baseline_windows: int = Field(12, ge=2, le=1000, description="Trailing windows of the same key; missing ones count 0")
-    min_count: int = Field(5, ge=1, description="Smallest metric value that may fire, whatever the baseline")
+    min_count: int = Field(5, ge=1, le=1_000_000_000, description="Smallest metric value that may fire, whatever the baseline")
 
 
 class InstantRule(BaseModel):
@@ -71,9 +71,9 @@ class SubscriptionSpec(BaseModel):
     key_type: KeyType
     key: Key = Field(ANY_KEY, description=f"The key to watch, e.g. TSLA for an entity; {ANY_KEY!r} for all of the type")
     rule: Rule
-    window_s: int = Field(60, gt=0, description="Window size, seconds: one of the worker's FINPULSE_WINDOWS")
+    window_s: int = Field(60, gt=0, le=31 * 86_400, description="Window size, seconds: one of the worker's FINPULSE_WINDOWS")
     cooldown_s: int = Field(
-        0, ge=0, description="No second alert for the same key whose window starts within this many seconds of the last"
+        0, ge=0, le=366 * 86_400, description="No second alert for the same key whose window starts within this many seconds of the last"
     )
     webhook_url: AnyHttpUrl | None = Field(None, description="POST each alert here (HMAC-SHA256 signed)")
     webhook_secret: Annotated[str, StringConstraints(min_length=16, max_length=256)] | None = Field(

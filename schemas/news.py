@@ -80,5 +80,8 @@ class DeadLetter(BaseModel):
     offset: int
     timestamp_ms: int | None = None
     key_b64: str | None = None
-    value_b64: str = Field(description="The original message bytes, base64")
+    value_b64: str = Field(description="The original message bytes, base64; only their start when `value_truncated`")
+    value_size: int | None = Field(None, description="Size of the original value, bytes")
+    value_sha256: str | None = Field(None, description="SHA-256 (hex) of the whole original value")
+    value_truncated: bool = Field(False, description="True when the value was cut to keep the letter under Kafka's limit")
     rejected_at: datetime

@@ -4,6 +4,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 DOCS_IN = Counter("finpulse_docs_consumed_total", "Messages read from the docs topic")
 DLQ = Counter("finpulse_dlq_total", "Messages sent to the DLQ", ["stage", "reason"])
+SEND_FAILURES = Counter("finpulse_send_failures_total", "Messages the producer refused (e.g. over the size limit)", ["topic"])
 SCORED = Counter("finpulse_scored_total", "Documents scored and emitted", ["source_of_score"])
 ENGINE_TEXTS = Counter("finpulse_engine_texts_total", "Texts sent through the model")
 ENGINE_BATCHES = Counter("finpulse_engine_batches_total", "Micro-batches sent to the model")

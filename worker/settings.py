@@ -36,8 +36,8 @@ def _none_if_empty(value: Any) -> Any:
 
 
 def _sorted_windows(value: list[int]) -> list[int]:
-    if not value or min(value) <= 0:
-        raise ValueError(f"needs positive window sizes in seconds, got {value!r}")
+    if not value or min(value) <= 0 or max(value) > 31 * 86_400:
+        raise ValueError(f"needs window sizes between 1 s and 31 days, in seconds, got {value!r}")
     return sorted(set(value))
 
 
@@ -59,12 +59,12 @@ class KafkaSettings(Section):
     """The brokers and how the worker consumes: the Faust driver, replay, the outbox's producer."""
 
     url: str = env("KAFKA_URL", "kafka://127.0.0.1:9092", "Brokers, Faust style (`kafka://h1:9092,h2:9092`)")
-    topic_partitions: int = env("TOPIC_PARTITIONS", 4, "Partitions of topics the worker creates", ge=1)
+    topic_partitions: int = env("TOPIC_PARTITIONS", 4, "Partitions of topics the worker creates", ge=1, le=10_000)
     session_timeout_s: float = env(
         "SESSION_TIMEOUT_S", 20.0, "Kafka drops a worker that sent no heartbeat this long; its partitions move on, s",
         ge=6, le=1800,
     )
-    rebalance_timeout_s: float = env("REBALANCE_TIMEOUT_S", 30.0, "Time workers get to rejoin the group in a rebalance, s", ge=1)
+    rebalance_timeout_s: float = env("REBALANCE_TIMEOUT_S", 30.0, "Time workers get to rejoin the group in a rebalance, s", ge=1, le=3600)
     processing_guarantee: Literal["at_least_once", "exactly_once"] = env(
         "PROCESSING_GUARANTEE", "at_least_once", "Faust guarantee for Kafka outputs; `exactly_once` = Kafka transactions"
     )
@@ -79,7 +79,7 @@ class KafkaSettings(Section):
 class PipelineSettings(Section):
     """What the decode and score stages accept and add."""
 
-    max_text_chars: int = env("MAX_TEXT_CHARS", 20_000, "Longer texts go to the DLQ", ge=1)
+    max_text_chars: int = env("MAX_TEXT_CHARS", 20_000, "Longer texts go to the DLQ (at most 200,000, so a scored item fits in a Kafka message)", ge=1, le=200_000)
     detect_language: bool = env("DETECT_LANGUAGE", True, "Detect the language of items without `lang` (lingua)")
     watchlist: OptionalText = env("WATCHLIST", None, "YAML of tickers and their names (default: the bundled example)")
 
@@ -94,18 +94,18 @@ class EngineSettings(Section):
     )
     max_length: int = env("MAX_LENGTH", 128, "Tokens kept per text", ge=8, le=512)
     token_budget: int = env(
-        "TOKEN_BUDGET", 8192, "Padded tokens per engine batch (1024-2048 is faster on small CPUs)", ge=8
+        "TOKEN_BUDGET", 8192, "Padded tokens per engine batch (1024-2048 is faster on small CPUs)", ge=8, le=1_048_576
     )
-    threads: OptionalInt = env("ENGINE_THREADS", None, "CPU threads for the engine (default: the runtime's)", ge=1)
+    threads: OptionalInt = env("ENGINE_THREADS", None, "CPU threads for the engine (default: the runtime's)", ge=1, le=1024)
 
 
 class CacheSettings(Section):
     """The Redis score cache."""
 
     url: OptionalText = env("REDIS_URL", "redis://127.0.0.1:6379/0", "Score cache; empty disables it")
-    ttl_s: int = env("CACHE_TTL_S", 7 * 24 * 3600, "Lifetime of a cached score, s", ge=1)
-    timeout_s: float = env("CACHE_TIMEOUT_S", 0.5, "Redis socket timeout, s", gt=0)
-    retry_s: float = env("CACHE_RETRY_S", 5.0, "After a Redis failure, score without the cache for up to this long (jittered), s", gt=0)
+    ttl_s: int = env("CACHE_TTL_S", 7 * 24 * 3600, "Lifetime of a cached score, s", ge=1, le=365 * 24 * 3600)
+    timeout_s: float = env("CACHE_TIMEOUT_S", 0.5, "Redis socket timeout, s", gt=0, le=60)
+    retry_s: float = env("CACHE_RETRY_S", 5.0, "After a Redis failure, score without the cache for up to this long (jittered), s", gt=0, le=3600)
 
 
 class StoreSettings(Section):
@@ -115,22 +115,22 @@ class StoreSettings(Section):
         "DATABASE_URL", "sqlite+aiosqlite:///finpulse.db", "SQL store, async SQLAlchemy URL (`postgresql+asyncpg://…`)"
     )
     windows: Windows = env("WINDOWS", [60, 300, 3600], "Tumbling window sizes of the aggregates, s (`60,300,3600`)")
-    retry_initial_s: float = env("STORE_RETRY_INITIAL_S", 0.5, "First back-off after a failed SQL write, s", gt=0)
-    retry_max_s: float = env("STORE_RETRY_MAX_S", 10.0, "Longest back-off between SQL retries, s", gt=0)
-    subscriptions_refresh_s: float = env("SUBSCRIPTIONS_REFRESH_S", 2.0, "Workers reload alert subscriptions this often, s", gt=0)
+    retry_initial_s: float = env("STORE_RETRY_INITIAL_S", 0.5, "First back-off after a failed SQL write, s", gt=0, le=3600)
+    retry_max_s: float = env("STORE_RETRY_MAX_S", 10.0, "Longest back-off between SQL retries, s", gt=0, le=3600)
+    subscriptions_refresh_s: float = env("SUBSCRIPTIONS_REFRESH_S", 2.0, "Workers reload alert subscriptions this often, s", gt=0, le=3600)
 
 
 class WebhookSettings(Section):
     """The alerts outbox: the alerts topic and signed webhooks."""
 
-    outbox_interval_s: float = env("OUTBOX_INTERVAL_S", 0.5, "How often fired alerts are published and POSTed, s", gt=0)
+    outbox_interval_s: float = env("OUTBOX_INTERVAL_S", 0.5, "How often fired alerts are published and POSTed, s", gt=0, le=3600)
     allow_private: bool = env(
         "WEBHOOK_ALLOW_PRIVATE", False, "Allow webhooks to private, loopback and link-local addresses (SSRF: refused by default)"
     )
-    timeout_s: float = env("WEBHOOK_TIMEOUT_S", 5.0, "Timeout of one webhook POST, s", gt=0)
-    max_attempts: int = env("WEBHOOK_MAX_ATTEMPTS", 8, "POSTs per alert before its delivery is marked failed", ge=1)
-    retry_initial_s: float = env("WEBHOOK_RETRY_INITIAL_S", 1.0, "First back-off after a failed POST, s (doubles, jittered)", gt=0)
-    retry_max_s: float = env("WEBHOOK_RETRY_MAX_S", 300.0, "Longest back-off between POSTs, s", gt=0)
+    timeout_s: float = env("WEBHOOK_TIMEOUT_S", 5.0, "Timeout of one webhook POST, s", gt=0, le=300)
+    max_attempts: int = env("WEBHOOK_MAX_ATTEMPTS", 8, "POSTs per alert before its delivery is marked failed", ge=1, le=100)
+    retry_initial_s: float = env("WEBHOOK_RETRY_INITIAL_S", 1.0, "First back-off after a failed POST, s (doubles, jittered)", gt=0, le=86_400)
+    retry_max_s: float = env("WEBHOOK_RETRY_MAX_S", 300.0, "Longest back-off between POSTs, s", gt=0, le=7 * 86_400)
 
 
 class ApiSettings(Section):

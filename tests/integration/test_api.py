@@ -163,6 +163,13 @@ def test_malformed_subscriptions_are_refused(client: TestClient) -> None:
     global_key = client.post("/subscriptions", json=spec(key_type="global", key="TSLA"), headers=AUTH)
     assert global_key.status_code == 422 and "single key '*'" in global_key.json()["detail"]
 
+    # Numbers the workers could not compute with: a cooldown past any date, NaN in a rule.
+    assert client.post("/subscriptions", json=spec(cooldown_s=10**12), headers=AUTH).status_code == 422
+    nan_rule = b'{"name": "n", "key_type": "entity", "key": "TSLA", "window_s": 60, ' \
+        b'"rule": {"type": "threshold", "metric": "volume", "value": NaN}}'
+    nan = client.post("/subscriptions", content=nan_rule, headers={**AUTH, "Content-Type": "application/json"})
+    assert nan.status_code == 422, nan.text
+
     assert client.get("/subscriptions").json() == []
 
 

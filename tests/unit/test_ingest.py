@@ -78,3 +78,45 @@ def test_same_text_from_another_source_is_another_document() -> None:
 def test_normalise_text_keeps_every_script() -> None:
     text = "Apple 苹果 アップル أبل Яблоко 🍎"
     assert normalise_text(f"  {text}  ") == text
+
+
+def test_every_string_field_is_cleaned_so_look_alike_keys_group_together() -> None:
+    raw = json.dumps({
+        "id": "doc\u00001", "source": "reu\u200bters", "text": "Tesla rallies", "lang": "en\u200b",
+        "author": "\u202eeve", "url": "https://example.com/\u0000a", "tickers": ["TSLA\u200b", "\u200b", "ＡＡＰＬ"],
+    }).encode()
+    item = decode(raw)
+    assert isinstance(item, NewsItem)
+    assert (item.id, item.source, item.lang, item.author, item.url) == ("doc1", "reuters", "en", "eve", "https://example.com/a")
+    assert item.tickers == ["TSLA", "AAPL"]  # the empty one dropped, the full-width one folded
+
+
+@pytest.mark.parametrize(
+    "published_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:30Z", "1969-12-31T23:59:59Z", "2100-01-01T00:00:00Z"]
+)
+def test_event_times_outside_a_sane_range_are_refused(published_at: str) -> None:
+    rejection = decode(json.dumps({"text": "ok", "published_at": published_at}).encode())
+    assert isinstance(rejection, Rejection) and rejection.reason == "invalid_field"
+    assert "outside 1970-01-01 .. 2100-01-01" in rejection.detail
+
+
+def test_a_time_without_an_offset_is_utc() -> None:
+    item = decode(b'{"text": "ok", "published_at": "2026-11-28T09:30:00"}')
+    assert isinstance(item, NewsItem) and item.published_at is not None
+    assert item.published_at.utcoffset() is not None and item.published_at.isoformat() == "2026-11-28T09:30:00+00:00"
+
+
+def test_a_dead_letter_fits_under_the_brokers_limit_whatever_the_record() -> None:
+    import base64
+    import hashlib
+
+    from worker.stages.records import DEAD_LETTER_VALUE_BYTES, Record, Reject
+
+    value = b'{"text": "' + b"x" * 3_000_000 + b'"}'
+    letter = Reject(Record(value=value, key=b"k" * 2_000_000, topic="t", partition=0, offset=7), "text_too_long",
+                    "d" * 100_000, "ingest").dead_letter()
+    encoded = letter.model_dump_json().encode()
+    assert len(encoded) < 800_000  # Kafka's default limit is 1 MiB
+    assert letter.value_truncated and letter.value_size == len(value)
+    assert letter.value_sha256 == hashlib.sha256(value).hexdigest()
+    assert base64.b64decode(letter.value_b64) == value[:DEAD_LETTER_VALUE_BYTES]

@@ -15,6 +15,7 @@ stages or come back as rejects, which go to the DLQ.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,10 +29,12 @@ from worker.delivery.outbox import AlertOutbox
 from worker.settings import Settings
 from worker.stages.decode import decode, decode_scored
 from worker.stages.persist import PersistStage
-from worker.stages.records import Record, Reject
+from worker.stages.records import DEAD_LETTER_KEY_BYTES, Accepted, Record, Reject
 from worker.stages.score import build_score_stage
 from worker.store.database import make_engine
 from worker.store.subscriptions import LiveSubscriptions, SubscriptionRepository
+
+log = logging.getLogger(__name__)
 
 
 def record_of(event: EventT) -> Record:
@@ -79,10 +82,31 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     dlq = app.topic(settings.topic("dlq"), key_type=bytes, value_type=bytes)
     aggregates = app.topic(settings.topic("aggregates"), key_type=bytes, value_type=bytes)
 
+    async def send(topic: faust.TopicT, key: bytes | None, value: bytes) -> Exception | None:
+        """One send; the producer's refusal (over the size limit, say) comes back, so it cannot end the batch."""
+        try:
+            await topic.send(key=key, value=value)
+        except Exception as exc:  # noqa: BLE001 - whatever the producer refuses, the batch goes on
+            metrics.SEND_FAILURES.labels(topic.get_topic_name()).inc()
+            return exc
+        return None
+
     async def dead_letter(rejects: Sequence[Reject]) -> None:
         for reject in rejects:
             metrics.DLQ.labels(reject.stage, reject.reason).inc()
-            await dlq.send(key=reject.record.key, value=reject.dead_letter().model_dump_json().encode())
+            key = reject.record.key[:DEAD_LETTER_KEY_BYTES] if reject.record.key else None
+            failed = await send(dlq, key, reject.dead_letter().model_dump_json().encode())
+            if failed:  # the letter is capped to fit, so this is an outage the producer did not ride out
+                record = reject.record
+                log.error("could not dead-letter %s[%s]@%s (%s): %r", record.topic, record.partition, record.offset,
+                          reject.reason, failed)
+
+    async def emit_scored(batch: Sequence[Accepted]) -> None:
+        for accepted in batch:
+            item = accepted.value
+            failed = await send(scored, item.id.encode(), item.model_dump_json().encode())
+            if failed:
+                await dead_letter([Reject(accepted.record, "send_failed", f"{type(failed).__name__}: {failed}", "score")])
 
     @app.agent(docs, concurrency=1)
     async def score(stream: faust.StreamT[bytes]) -> None:
@@ -94,8 +118,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
                 decoded = decode([record_of(e) for e in events], max_text_chars=settings.pipeline.max_text_chars)
                 result = await stage(decoded.accepted)
                 await dead_letter(decoded.rejected + result.rejected)
-                for item in result.values:
-                    await scored.send(key=item.id.encode(), value=item.model_dump_json().encode())
+                await emit_scored(result.accepted)
                 ack(events)
         finally:
             await asyncio.shield(stage.close())
@@ -111,8 +134,8 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
                 decoded = decode_scored([record_of(e) for e in events])
                 result = await stage(decoded.accepted)
                 await dead_letter(decoded.rejected + result.rejected)
-                for window in result.aggregates:
-                    await aggregates.send(key=window.message_key, value=window.model_dump_json().encode())
+                for window in result.aggregates:  # recomputable from SQL: a refused send is counted, not retried
+                    await send(aggregates, window.message_key, window.model_dump_json().encode())
                 ack(events)
         finally:
             await asyncio.shield(database.dispose())

@@ -12,6 +12,7 @@ import json
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,6 +21,10 @@ from schemas.news import NewsItem, ScoredItem
 from worker.stages.records import Accepted, Record, Reject, StageResult
 
 MAX_JSON_DEPTH = 32
+# Event times outside this range are a producer's bug (or an attack): PostgreSQL and the window
+# arithmetic cannot hold every date Python can parse, so such items are refused at ingest.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,40 @@ def normalise_text(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = "".join(ch if unicodedata.category(ch)[0] != "C" or ch in "\t\n\r" else " " for ch in text)
     return " ".join(text.split())
+
+
+def clean_field(value: str) -> str:
+    """A name or key as it will be stored and grouped by: NFKC, every control and format character
+    dropped (NUL, zero-width, bidi overrides), whitespace collapsed. So `TSLA\u200b` is `TSLA`."""
+    value = unicodedata.normalize("NFKC", value)
+    return " ".join("".join(ch for ch in value if unicodedata.category(ch)[0] != "C").split())
+
+
+def _cleaned(item: NewsItem) -> NewsItem:
+    """Every string field but the text cleaned (the text is normalised on its own); empty ones dropped."""
+    tickers = [t for t in (clean_field(t) for t in item.tickers) if t]
+    return item.model_copy(
+        update={
+            "id": clean_field(item.id) or None if item.id is not None else None,
+            "source": clean_field(item.source) or "unknown",
+            "lang": clean_field(item.lang) or None if item.lang is not None else None,
+            "author": clean_field(item.author) or None if item.author is not None else None,
+            "url": clean_field(item.url) or None if item.url is not None else None,
+            "tickers": tickers,
+        }
+    )
+
+
+def _event_time_refused(published_at: datetime | None) -> str | None:
+    if published_at is None:
+        return None
+    moment = published_at if published_at.tzinfo else published_at.replace(tzinfo=UTC)
+    try:
+        if EARLIEST <= moment < LATEST:
+            return None
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 has no UTC time
+        pass
+    return f"published_at {published_at.isoformat()} is outside {EARLIEST:%Y-%m-%d} .. {LATEST:%Y-%m-%d}"
 
 
 def text_hash(text: str) -> str:
@@ -114,7 +153,16 @@ def decode_news_item(raw: bytes | None, *, max_text_chars: int) -> NewsItem | Re
     text = normalise_text(item.text)
     if not text:
         return Rejection("empty_text", "text is empty after normalisation")
-    return item.model_copy(update={"text": text, "id": item.id or derive_id(item.source, text)})
+    refused = _event_time_refused(item.published_at)
+    if refused:
+        return Rejection("invalid_field", refused)
+    item = _cleaned(item)
+    published_at = item.published_at
+    if published_at is not None and published_at.tzinfo is None:
+        published_at = published_at.replace(tzinfo=UTC)  # a time without an offset is UTC
+    return item.model_copy(
+        update={"text": text, "id": item.id or derive_id(item.source, text), "published_at": published_at}
+    )
 
 
 def decode(records: Sequence[Record], *, max_text_chars: int) -> StageResult[NewsItem]:

@@ -9,6 +9,7 @@ reject always knows where it came from when the driver dead-letters it.
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -16,6 +17,12 @@ from typing import Generic, TypeVar
 from schemas.news import DeadLetter
 
 T = TypeVar("T")
+
+# A dead letter must fit under the broker's message limit (1 MiB by default) or it cannot be
+# sent anywhere: the original bytes are cut to this many, base64 makes them 4/3 larger.
+DEAD_LETTER_VALUE_BYTES = 512 * 1024
+DEAD_LETTER_KEY_BYTES = 4096
+DEAD_LETTER_DETAIL_CHARS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +53,23 @@ class Reject:
     stage: str
 
     def dead_letter(self) -> DeadLetter:
+        """The letter for the DLQ, small enough to send whatever the record's size: a record that
+        cannot be accepted must still end somewhere (its size and hash identify the whole of it)."""
         record = self.record
+        value = record.value or b""
         return DeadLetter(
             reason=self.reason,
-            detail=self.detail,
+            detail=self.detail[:DEAD_LETTER_DETAIL_CHARS],
             stage=self.stage,
             topic=record.topic or "",
             partition=record.partition if record.partition is not None else -1,
             offset=record.offset if record.offset is not None else -1,
             timestamp_ms=record.timestamp_ms,
-            key_b64=base64.b64encode(record.key).decode() if record.key else None,
-            value_b64=base64.b64encode(record.value or b"").decode(),
+            key_b64=base64.b64encode(record.key[:DEAD_LETTER_KEY_BYTES]).decode() if record.key else None,
+            value_b64=base64.b64encode(value[:DEAD_LETTER_VALUE_BYTES]).decode(),
+            value_size=len(value),
+            value_sha256=hashlib.sha256(value).hexdigest(),
+            value_truncated=len(value) > DEAD_LETTER_VALUE_BYTES,
             rejected_at=datetime.now(UTC),
         )
 
