@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import faust
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engines import Engine
 from worker import metrics
+from worker.backoff import Backoff
 from worker.delivery.outbox import AlertOutbox
 from worker.settings import Settings
 from worker.stages.decode import decode, decode_scored
@@ -35,6 +37,7 @@ from worker.store.database import make_engine
 from worker.store.subscriptions import LiveSubscriptions, SubscriptionRepository
 
 log = logging.getLogger(__name__)
+REFUSED_RECORDS = (MessageSizeTooLargeError, RecordTooLargeError)  # no retry can send these
 
 
 def record_of(event: EventT) -> Record:
@@ -81,22 +84,31 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     scored = app.topic(settings.topic("scored"), key_type=bytes, value_type=bytes)
     dlq = app.topic(settings.topic("dlq"), key_type=bytes, value_type=bytes)
     aggregates = app.topic(settings.topic("aggregates"), key_type=bytes, value_type=bytes)
+    send_backoff = Backoff(0.5, 10.0)
 
     async def send(topic: faust.TopicT, key: bytes | None, value: bytes) -> Exception | None:
-        """One send; the producer's refusal (over the size limit, say) comes back, so it cannot end the batch."""
-        try:
-            await topic.send(key=key, value=value)
-        except Exception as exc:  # noqa: BLE001 - whatever the producer refuses, the batch goes on
-            metrics.SEND_FAILURES.labels(topic.get_topic_name()).inc()
-            return exc
-        return None
+        """One send. A record the producer refuses for good (too large) comes back, so it cannot end the
+        batch; anything else (the broker is away) is retried with back-off while the batch waits unacked."""
+        attempt = 0
+        while True:
+            try:
+                await topic.send(key=key, value=value)
+                return None
+            except REFUSED_RECORDS as exc:
+                metrics.SEND_FAILURES.labels(topic.get_topic_name()).inc()
+                return exc
+            except Exception as exc:  # noqa: BLE001 - transient: hold the batch, as for a SQL outage
+                delay = send_backoff.delay(attempt)
+                attempt += 1
+                log.warning("send to %s failed (%r); retrying in %.1fs", topic.get_topic_name(), exc, delay)
+                await asyncio.sleep(delay)
 
     async def dead_letter(rejects: Sequence[Reject]) -> None:
         for reject in rejects:
             metrics.DLQ.labels(reject.stage, reject.reason).inc()
             key = reject.record.key[:DEAD_LETTER_KEY_BYTES] if reject.record.key else None
             failed = await send(dlq, key, reject.dead_letter().model_dump_json().encode())
-            if failed:  # the letter is capped to fit, so this is an outage the producer did not ride out
+            if failed:  # the letter is capped to fit, so only a broker with a smaller limit gets here
                 record = reject.record
                 log.error("could not dead-letter %s[%s]@%s (%s): %r", record.topic, record.partition, record.offset,
                           reject.reason, failed)
