@@ -17,7 +17,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
@@ -32,6 +32,7 @@ from sqlalchemy import text
 from schemas.aggregates import WindowAggregate
 from schemas.alerts import Alert, KeyType, Subscription, SubscriptionSpec
 from worker.settings import Settings
+from worker.stages.aggregates import as_utc
 from worker.store.database import make_engine
 from worker.store.subscriptions import SubscriptionError, SubscriptionRepository, validate_spec
 from worker.store.unit_of_work import reading
@@ -65,7 +66,7 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 def _utc(moment: datetime | None) -> datetime | None:
     """Query times without an offset are taken as UTC."""
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+    return as_utc(moment) if moment is not None else None
 
 
 def create_api(settings: Settings) -> FastAPI:

@@ -21,9 +21,13 @@ def keys_of(item: ScoredItem) -> list[tuple[str, str]]:
     return keys
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A time without an offset is UTC: producers may send one, and SQLite hands stored times back that way."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def epoch_seconds(moment: datetime) -> int:
-    """A time without an offset is UTC (SQLite hands back stored times that way)."""
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+    return int(as_utc(moment).timestamp())
 
 
 def window_start(event_ts: int, window_s: int) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas.news import NewsItem, ScoredItem
+from worker.stages.aggregates import as_utc
 from worker.stages.records import Accepted, Record, Reject, StageResult
 
 MAX_JSON_DEPTH = 32
@@ -92,9 +93,8 @@ def _cleaned(item: NewsItem) -> NewsItem:
 def _event_time_refused(published_at: datetime | None) -> str | None:
     if published_at is None:
         return None
-    moment = published_at if published_at.tzinfo else published_at.replace(tzinfo=UTC)
     try:
-        if EARLIEST <= moment < LATEST:
+        if EARLIEST <= published_at < LATEST:
             return None
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 has no UTC time
         pass
@@ -153,13 +153,11 @@ def decode_news_item(raw: bytes | None, *, max_text_chars: int) -> NewsItem | Re
     text = normalise_text(item.text)
     if not text:
         return Rejection("empty_text", "text is empty after normalisation")
-    refused = _event_time_refused(item.published_at)
+    published_at = as_utc(item.published_at) if item.published_at is not None else None
+    refused = _event_time_refused(published_at)
     if refused:
         return Rejection("invalid_field", refused)
     item = _cleaned(item)
-    published_at = item.published_at
-    if published_at is not None and published_at.tzinfo is None:
-        published_at = published_at.replace(tzinfo=UTC)  # a time without an offset is UTC
     return item.model_copy(
         update={"text": text, "id": item.id or derive_id(item.source, text), "published_at": published_at}
     )

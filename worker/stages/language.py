@@ -23,7 +23,7 @@ class LanguageDetector:
 
     @property
     def _detector(self) -> Any:
-        return _detector(self._min_relative_distance)
+        return _shared_detector(self._min_relative_distance)
 
     def warm_up(self) -> None:
         self.detect("Warm-up text so that every language model is loaded before the first batch.")
@@ -44,7 +44,7 @@ def normalise_lang(lang: str | None) -> str | None:
 
 
 @cache
-def _detector(min_relative_distance: float) -> Any:
+def _shared_detector(min_relative_distance: float) -> Any:
     """One detector per process and setting: every stage built later reuses its loaded models."""
     from lingua import LanguageDetectorBuilder
 

@@ -33,7 +33,6 @@ from worker.backoff import Backoff, is_permanent
 from worker.settings import StoreSettings
 from worker.stages import rules
 from worker.stages.records import Accepted, Reject
-from worker.store.aggregates import as_messages
 from worker.store.subscriptions import LiveSubscriptions
 from worker.store.unit_of_work import unit_of_work
 
@@ -94,7 +93,7 @@ class PersistStage:
                 for alert in await uow.alerts.add(rules.after_cooldown(found, recent)):
                     metrics.ALERTS_FIRED.labels(alert["rule"]).inc()
         metrics.STORE_ROWS.inc(written)
-        return as_messages(aggregates)
+        return [WindowAggregate(**row) for row in aggregates]
 
     async def _write_durably(self, batch: list[Accepted[ScoredItem]], result: Persisted) -> None:
         attempt = 0

@@ -9,7 +9,7 @@ the same key at once; rules are judged under the same locks (worker/stages/persi
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -145,7 +145,3 @@ class AggregateRepository:
         query = query.order_by(table.c.window_start.desc(), table.c.model_version.desc()).limit(limit)
         rows = (await self.conn.execute(query)).all()
         return [WindowAggregate.model_validate(dict(row._mapping)) for row in reversed(rows)]
-
-
-def as_messages(rows: Sequence[dict[str, Any]]) -> list[WindowAggregate]:
-    return [WindowAggregate(**row) for row in rows]

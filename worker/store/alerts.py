@@ -8,7 +8,7 @@ rows with `FOR UPDATE SKIP LOCKED`, so several workers share the sending.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, or_, select, update
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.alerts import Alert
 from schemas.tables import AlertRow, SubscriptionRow
+from worker.stages.aggregates import as_utc
 from worker.store.database import Insert
 
 # (subscription_id, key_type, key) -> [(window_start, alert_id)] of alerts already stored.
@@ -53,8 +54,7 @@ class AlertRepository:
         )
         recent: Recent = {}
         for sub, kt, k, start, alert_id in await self.conn.execute(query):
-            start = start if start.tzinfo else start.replace(tzinfo=UTC)  # SQLite hands back naive UTC
-            recent.setdefault((sub, kt, k), []).append((start, alert_id))
+            recent.setdefault((sub, kt, k), []).append((as_utc(start), alert_id))
         return recent
 
     async def add(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
