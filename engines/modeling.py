@@ -1,8 +1,12 @@
 """BERT with two classification heads (sentiment, topic) over one shared encoder.
 
 One encoder pass serves both heads, which halves inference cost compared with two
-single-task models. The label sets travel in config.json, so a checkpoint directory is
-self-describing: the engine never needs a side-car label file.
+single-task models. The label sets, the pooling and the input prefix travel in config.json,
+so a checkpoint directory is self-describing: no backend needs a side-car file.
+
+Pooling is "cls" (BERT's pooler over [CLS], what mBERT was pre-trained with) or "mean" (the
+mask-weighted mean of the last hidden states, what sentence encoders such as e5 were trained
+with and which have no pooler weights).
 """
 
 from __future__ import annotations
@@ -16,9 +20,19 @@ from torch.nn import functional as F
 from transformers import BertConfig, BertModel, BertPreTrainedModel
 from transformers.utils import ModelOutput
 
+from engines.serving.checkpoint import input_prefix
 from engines.serving.types import SENTIMENT_LABELS
 
 IGNORE_INDEX = -100
+POOLINGS = ("cls", "mean")
+
+
+def pooling_of(config: BertConfig) -> str:
+    """The checkpoint's pooling; "cls" for configs written before it was recorded (mBERT, MiniLM)."""
+    pooling = getattr(config, "finpulse_pooling", None) or "cls"
+    if pooling not in POOLINGS:
+        raise ValueError(f"finpulse_pooling {pooling!r} is not one of {POOLINGS}")
+    return pooling
 
 
 def configure_heads(
@@ -35,6 +49,8 @@ def configure_heads(
     config.sentiment_labels = list(sentiment_labels)
     config.topic_labels = list(topic_labels)
     config.finpulse_model_name = name
+    config.finpulse_pooling = pooling_of(config)
+    config.finpulse_input_prefix = input_prefix(config)
     config.architectures = ["BertForSentimentAndTopic"]
     return config
 
@@ -49,7 +65,7 @@ class SentimentTopicOutput(ModelOutput):
 
 
 class BertForSentimentAndTopic(BertPreTrainedModel):
-    """Pooled [CLS] output -> dropout -> one linear layer per head."""
+    """Pooled encoder output (config.finpulse_pooling) -> dropout -> one linear layer per head."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
@@ -57,7 +73,8 @@ class BertForSentimentAndTopic(BertPreTrainedModel):
             raise ValueError("config.topic_labels is missing; prepare the config with engines.modeling.configure_heads")
         if not getattr(config, "sentiment_labels", None):
             config.sentiment_labels = list(SENTIMENT_LABELS)
-        self.bert = BertModel(config)
+        self.pooling = pooling_of(config)
+        self.bert = BertModel(config, add_pooling_layer=self.pooling == "cls")
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
         self.sentiment_head = nn.Linear(config.hidden_size, len(config.sentiment_labels))
@@ -72,10 +89,7 @@ class BertForSentimentAndTopic(BertPreTrainedModel):
         sentiment_labels: torch.Tensor | None = None,
         topic_labels: torch.Tensor | None = None,
     ) -> SentimentTopicOutput:
-        pooled = self.bert(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True
-        ).pooler_output
-        pooled = self.dropout(pooled)
+        pooled = self.dropout(self.pool(input_ids, attention_mask, token_type_ids))
         sentiment_logits = self.sentiment_head(pooled)
         topic_logits = self.topic_head(pooled)
 
@@ -89,6 +103,16 @@ class BertForSentimentAndTopic(BertPreTrainedModel):
             sentiment_logits=sentiment_logits,
             topic_logits=topic_logits,
         )
+
+    def pool(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One vector per row, what the heads read (before dropout); frozen-encoder training caches it."""
+        out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True)
+        if self.pooling == "cls":
+            return out.pooler_output
+        mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+        return (out.last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 def _head_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

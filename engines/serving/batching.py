@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from engines.serving.checkpoint import load_tokenizer
+from engines.serving.checkpoint import input_prefix, load_tokenizer
 from engines.serving.types import SENTIMENT_LABELS, HeadPrediction, Scores
 
 # Texts are cut to max_length * this many characters before tokenising: only the first
@@ -43,6 +43,7 @@ class Batcher:
         sentiment_labels: Sequence[str],
         topic_labels: Sequence[str],
         max_rows: int | None = None,
+        prefix: str = "",
     ) -> None:
         if not 0 < max_length <= token_budget:
             raise ValueError(f"need 0 < max_length <= token_budget, got {max_length=} {token_budget=}")
@@ -56,6 +57,7 @@ class Batcher:
         self.max_rows = max_rows
         self.sentiment_labels = list(sentiment_labels)
         self.topic_labels = list(topic_labels)
+        self.prefix = prefix
 
     @classmethod
     def for_checkpoint(
@@ -72,6 +74,7 @@ class Batcher:
                 sentiment_labels=config["sentiment_labels"],
                 topic_labels=config["topic_labels"],
                 max_rows=max_rows,
+                prefix=input_prefix(config),
             )
         except (KeyError, ValueError) as e:
             raise ValueError(f"{model_dir}: {e}") from None
@@ -90,15 +93,8 @@ class Batcher:
         return results  # type: ignore[return-value]  # every slot was filled
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, [CLS] ... [SEP], cut to max_length."""
-        char_cap = self.max_length * _CHARS_PER_TOKEN_CAP
-        return self.tokenizer(
-            [_valid_utf8(text[:char_cap]) for text in texts],
-            truncation=True,
-            max_length=self.max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
+        """Token ids of each text, [CLS] prefix+text [SEP], cut to max_length."""
+        return encode_texts(self.tokenizer, texts, max_length=self.max_length, prefix=self.prefix)
 
     def batches(self, order: list[int], encoded: list[list[int]]) -> Iterator[list[int]]:
         """Cut length-sorted indices so that (longest in batch) x (batch size) <= token_budget."""
@@ -122,6 +118,24 @@ class Batcher:
             input_ids[r, : len(row)] = row
             attention_mask[r, : len(row)] = 1
         return input_ids, attention_mask
+
+
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, max_length: int, prefix: str = ""
+) -> list[list[int]]:
+    """What the engine and the trainer both feed the model: prefix + text, cut to max_length tokens.
+
+    Texts are cut to max_length * 64 characters first (tokenising a 1 MB post in full would stall
+    the worker) and lone surrogates, legal in a Python str, are replaced: the Rust tokenizer rejects them.
+    """
+    char_cap = max_length * _CHARS_PER_TOKEN_CAP
+    return tokenizer(
+        [_valid_utf8(prefix + text[:char_cap]) for text in texts],
+        truncation=True,
+        max_length=max_length,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )["input_ids"]
 
 
 def _softmax(logits: np.ndarray) -> list[list[float]]:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 WEIGHTS_NAME = "model.safetensors"
+INPUT_PREFIX_KEY = "finpulse_input_prefix"
 _HASH_CHUNK = 1 << 20
 
 
@@ -27,6 +29,15 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
     if not tokenizer.is_fast:
         raise ValueError(f"{model_dir}: a fast (tokenizers-backed) tokenizer is required")
     return tokenizer
+
+
+def input_prefix(config: Mapping[str, Any] | PretrainedConfig) -> str:
+    """Text every backend and the trainer put before each input (e5 expects "query: "); "" if none.
+
+    config is a loaded config or config.json's dict (backends that never load torch read the file).
+    """
+    values = config if isinstance(config, Mapping) else vars(config)
+    return values.get(INPUT_PREFIX_KEY) or ""
 
 
 def sha256_file(path: str | Path) -> str:

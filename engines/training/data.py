@@ -8,6 +8,7 @@ label is -100, so one loop can train both heads on a mix of such sets.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
@@ -22,13 +23,12 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from engines.modeling import IGNORE_INDEX
+from engines.serving.batching import encode_texts
 from engines.serving.types import SENTIMENT_LABELS
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_LANG = "und"  # ISO 639-2 "undetermined", for files without a language column
-# Same cut as the inference engine: only max_length tokens survive, so tokenising more is waste.
-CHARS_PER_TOKEN_CAP = 64
 
 # column -> accepted value(s); a row is kept only if every column matches.
 Where = Mapping[str, str | Collection[str]]
@@ -177,6 +177,32 @@ def label_counts(examples: Iterable[Example], head: str) -> Counter[str]:
     return Counter(label for e in examples if (label := getattr(e, head)) is not None)
 
 
+def class_weights_of(
+    rows: Sequence[Example], labels: Mapping[str, list[str]], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Inverse label frequency, n / (k * count): all ones on a balanced set, large for rare classes."""
+    weights: dict[str, torch.Tensor] = {}
+    for head, names in labels.items():
+        counts = label_counts(rows, head)
+        if counts:
+            n, k = sum(counts.values()), len(counts)
+            weights[head] = torch.tensor([n / (k * max(counts[c], 1)) for c in names], device=device)
+    return weights
+
+
+def parse_where(pairs: Sequence[str] | None) -> dict[str, list[str]] | None:
+    """["source=fpb", "split=train", "split=val"] -> {"source": ["fpb"], "split": ["train", "val"]}."""
+    if not pairs:
+        return None
+    where: dict[str, list[str]] = {}
+    for pair in pairs:
+        column, sep, value = pair.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected COLUMN=VALUE, got {pair!r}")
+        where.setdefault(column, []).append(value)
+    return where
+
+
 def encode(
     examples: Sequence[Example],
     tokenizer: PreTrainedTokenizerBase,
@@ -184,17 +210,14 @@ def encode(
     max_length: int,
     sentiment_labels: Sequence[str],
     topic_labels: Sequence[str],
+    prefix: str = "",
 ) -> list[dict[str, Any]]:
     """Tokenise once up front (unpadded) and map labels to ids; a list is a map-style Dataset.
 
     `row` is the example's index, so predictions gathered from several processes can be
     matched back to their gold labels and language.
     """
-    char_cap = max_length * CHARS_PER_TOKEN_CAP
-    # Lone surrogates are legal in a str from json.loads but the Rust tokenizer rejects them.
-    texts = [e.text[:char_cap].encode("utf-8", "replace").decode("utf-8") for e in examples]
-    input_ids = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
-                          return_token_type_ids=False)["input_ids"]
+    input_ids = encode_texts(tokenizer, [e.text for e in examples], max_length=max_length, prefix=prefix)
     sentiment_ids = {label: i for i, label in enumerate(sentiment_labels)}
     topic_ids = {label: i for i, label in enumerate(topic_labels)}
     return [

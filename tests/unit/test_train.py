@@ -18,7 +18,7 @@ from engines import load_engine
 from engines.modeling import IGNORE_INDEX, SentimentTopicOutput
 from engines.training import train as train_module
 from engines.training.checkpoints import CHECKPOINT_DIR, EVAL_FILE, STATE_FILE
-from engines.training.data import Example, Fields, encode, load_examples, pad_batch, split_holdout
+from engines.training.data import Example, Fields, class_weights_of, encode, load_examples, pad_batch, split_holdout
 from engines.training.evaluate import classification_report, evaluate, mean_macro_f1
 from engines.training.tiny import DEFAULT_TOPICS, SPECIAL_TOKENS, build_tiny_checkpoint
 from engines.training.train import train
@@ -227,7 +227,7 @@ def test_loss_ignores_unlabelled_rows_and_skips_absent_heads() -> None:
 def test_class_weights_are_inverse_frequency() -> None:
     rows = [Example("a", "en", "negative"), Example("b", "en", "neutral"), Example("c", "en", "neutral"),
             Example("d", "en", "positive", "macro")]
-    weights = train_module._class_weights(rows, {"sentiment": ["negative", "neutral", "positive"],
+    weights = class_weights_of(rows, {"sentiment": ["negative", "neutral", "positive"],
                                                  "topic": ["macro"]}, torch.device("cpu"))
     assert weights["sentiment"].tolist() == pytest.approx([4 / 3, 2 / 3, 4 / 3])
     assert weights["topic"].tolist() == [1.0]

@@ -11,7 +11,7 @@ from transformers.utils import cached_file
 from engines.modeling import BertForSentimentAndTopic
 from engines.serving.base import BatchedEngine
 from engines.serving.batching import Batcher
-from engines.serving.checkpoint import WEIGHTS_NAME, load_tokenizer, sha256_file, weights_version
+from engines.serving.checkpoint import WEIGHTS_NAME, input_prefix, load_tokenizer, sha256_file, weights_version
 
 
 class TorchEngine(BatchedEngine):
@@ -41,6 +41,7 @@ class TorchEngine(BatchedEngine):
                 sentiment_labels=config.sentiment_labels,
                 topic_labels=config.topic_labels,
                 max_rows=self.max_batch_size,
+                prefix=input_prefix(config),
             )
         except ValueError as e:
             raise ValueError(f"{model_dir}: {e}") from None
