@@ -35,22 +35,30 @@ def pooling_of(config: BertConfig) -> str:
     return pooling
 
 
+def head_hidden_of(config: BertConfig) -> int:
+    """Hidden width of the heads; 0 (one linear layer) for configs written before it was recorded."""
+    return int(getattr(config, "finpulse_head_hidden", None) or 0)
+
+
 def configure_heads(
     config: BertConfig,
     *,
     topic_labels: Sequence[str],
     name: str,
     sentiment_labels: Sequence[str] = SENTIMENT_LABELS,
+    head_hidden: int | None = None,
 ) -> BertConfig:
     """Attach the finpulse label sets and model name to a BertConfig (e.g. one loaded from mBERT).
 
-    Each list's position is the class id, so the lists are the id -> label maps.
+    Each list's position is the class id, so the lists are the id -> label maps. head_hidden is
+    the width of each head's hidden layer (0: a single linear layer; None: keep the config's).
     """
     config.sentiment_labels = list(sentiment_labels)
     config.topic_labels = list(topic_labels)
     config.finpulse_model_name = name
     config.finpulse_pooling = pooling_of(config)
     config.finpulse_input_prefix = input_prefix(config)
+    config.finpulse_head_hidden = head_hidden if head_hidden is not None else head_hidden_of(config)
     config.architectures = ["BertForSentimentAndTopic"]
     return config
 
@@ -65,7 +73,12 @@ class SentimentTopicOutput(ModelOutput):
 
 
 class BertForSentimentAndTopic(BertPreTrainedModel):
-    """Pooled encoder output (config.finpulse_pooling) -> dropout -> one linear layer per head."""
+    """Pooled encoder output (config.finpulse_pooling) -> dropout -> one head per task.
+
+    A head is one linear layer, or with config.finpulse_head_hidden = n a small MLP (linear to n,
+    GELU, dropout, linear): over a frozen encoder the MLP is what lifts the heads above a linear
+    probe (docs/model-quality.md).
+    """
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
@@ -77,8 +90,9 @@ class BertForSentimentAndTopic(BertPreTrainedModel):
         self.bert = BertModel(config, add_pooling_layer=self.pooling == "cls")
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
-        self.sentiment_head = nn.Linear(config.hidden_size, len(config.sentiment_labels))
-        self.topic_head = nn.Linear(config.hidden_size, len(config.topic_labels))
+        hidden = head_hidden_of(config)
+        self.sentiment_head = _head(config.hidden_size, len(config.sentiment_labels), hidden, dropout)
+        self.topic_head = _head(config.hidden_size, len(config.topic_labels), hidden, dropout)
         self.post_init()
 
     def forward(
@@ -113,6 +127,12 @@ class BertForSentimentAndTopic(BertPreTrainedModel):
             return out.pooler_output
         mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
         return (out.last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def _head(width: int, n_labels: int, hidden: int, dropout: float) -> nn.Module:
+    if not hidden:
+        return nn.Linear(width, n_labels)
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_labels))
 
 
 def _head_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

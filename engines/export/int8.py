@@ -287,9 +287,10 @@ class _Feeds:
 
 
 def _head_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes after the encoder: the [CLS] pick, the pooler and the heads."""
+    """Names of the nodes after the encoder: the pooling ([CLS] pick and pooler, or the masked mean) and the heads."""
     outputs = {o.name for o in model.graph.output}
-    # Walk back from the outputs to the [CLS] pick (Gather/Slice/Squeeze): everything passed belongs to the heads.
+    # Walk back from the outputs to the pooling's first op: the [CLS] pick (Gather/Slice/Squeeze) or the
+    # masked mean's sums (ReduceSum). Everything passed belongs to the heads.
     producers = {out: node for node in model.graph.node for out in node.output}
     heads: list[str] = []
     stack = list(outputs)
@@ -301,7 +302,7 @@ def _head_nodes(model: onnx.ModelProto) -> list[str]:
             continue
         seen.add(node.name)
         heads.append(node.name)
-        if node.op_type in ("Gather", "Slice", "Squeeze"):
-            continue  # the [CLS] pick: what feeds it is the encoder
+        if node.op_type in ("Gather", "Slice", "Squeeze", "ReduceSum"):
+            continue  # the pooling's first op: what feeds it is the encoder
         stack.extend(node.input)
     return heads

