@@ -27,6 +27,7 @@ VERSION_KEY = "finpulse.model_version"
 WEIGHTS_SHA_KEY = "finpulse.weights_sha256"
 INT8_MODE_KEY = "finpulse.int8_mode"  # "dynamic" or "static"
 REDUCE_RANGE_KEY = "finpulse.int8_reduce_range"  # "true": 7-bit weights
+INT8_EMBEDDINGS_KEY = "finpulse.int8_embeddings"  # "true": the embedding tables are uint8 too
 HEADS_KEY = "finpulse.num_attention_heads"  # what the int8 BERT fusion needs to know
 HIDDEN_KEY = "finpulse.hidden_size"
 EXPORT_HINT = "engines.export.onnx_export.export_onnx"

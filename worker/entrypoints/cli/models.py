@@ -44,6 +44,11 @@ def export(
     ] = None,
     calibration_size: Annotated[int, typer.Option(help="texts drawn (seeded) from --calibration")] = 200,
     calibration_method: Annotated[str, typer.Option(help="static int8: minmax, entropy or percentile")] = "minmax",
+    int8_embeddings: Annotated[
+        Optional[bool],
+        typer.Option(help="dynamic int8: store the embedding tables as uint8 too; default: when they hold most "
+                     "of the weights (a 250k-piece multilingual vocabulary)"),
+    ] = None,
     int8_reduce_range: Annotated[
         Optional[bool],
         typer.Option(help="7-bit (--int8-reduce-range) or 8-bit weights; default: dynamic picks the closer to fp32, static 7-bit"),
@@ -78,7 +83,8 @@ def export(
             err.print(f"static int8 ONNX ({len(texts)} calibration texts): {out}")
         else:
             out = quantize_int8(
-                onnx_path, attention=int8_attention, reduce_range=int8_reduce_range, check_texts=texts or None
+                onnx_path, attention=int8_attention, reduce_range=int8_reduce_range, embeddings=int8_embeddings,
+                check_texts=texts or None,
             )
             err.print(f"int8 ONNX: {out}")
     if "tensorrt" in to:
