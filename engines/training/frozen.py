@@ -163,10 +163,11 @@ def fit_heads(
 
     The heads share nothing, so each gets its own best epoch (a 3-class sentiment head peaks
     long before a 20-topic head). The score is the mean of the per-language macro-F1s, so that
-    the language with the most dev rows does not choose the epoch for all the others. Inputs are standardised per dimension while training, which a
-    linear layer cannot learn quickly by itself, and the standardisation is then folded into
-    the head's first layer, so the served model reads the raw pooled vector. Returns the dev
-    report of the final heads and each head's best epoch.
+    the language with the most dev rows does not choose the epoch for all the others. Inputs
+    are standardised per dimension while training, which a linear layer cannot learn quickly
+    by itself, and the standardisation is then folded into the head's first layer, so the
+    served model reads the raw pooled vector. Returns the dev report of the final heads and
+    each head's best epoch.
     """
     generator = torch.Generator().manual_seed(seed)
     best_epochs = {}

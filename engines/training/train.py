@@ -22,7 +22,11 @@ from statistics import fmean
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import (
+    Accelerator,
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+)
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from rich.console import Console
@@ -30,9 +34,19 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    get_linear_schedule_with_warmup,
+)
 
-from engines.modeling import IGNORE_INDEX, BertForSentimentAndTopic, SentimentTopicOutput, configure_heads
+from engines.modeling import (
+    IGNORE_INDEX,
+    BertForSentimentAndTopic,
+    SentimentTopicOutput,
+    configure_heads,
+)
 from engines.serving.checkpoint import input_prefix
 from engines.serving.types import SENTIMENT_LABELS
 from engines.training.checkpoints import (
@@ -49,7 +63,6 @@ from engines.training.data import (
     Where,
     class_weights_of,
     encode,
-    label_counts,
     load_examples,
     log_rows,
     pad_batch,

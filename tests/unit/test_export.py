@@ -314,3 +314,24 @@ def test_tensorrt_default_precision_and_profile(model_dir: Path, torch_engine: T
 @tensorrt_only
 def test_auto_picks_tensorrt_on_a_gpu(model_dir: Path) -> None:
     assert load_engine(model_dir).backend == "tensorrt"
+
+
+def test_mean_pooling_and_input_prefix_hold_on_every_backend(tmp_path: Path) -> None:
+    """A checkpoint that pools by mask-weighted mean and prefixes its inputs (as e5 does): the ONNX
+    exports compute the same pooling, and every backend's batcher puts the prefix in front."""
+    import json
+
+    directory = build_tiny_checkpoint(tmp_path / "mean")
+    config_file = directory / "config.json"
+    config = json.loads(config_file.read_text())
+    config.update(finpulse_pooling="mean", finpulse_input_prefix="query: ")
+    config_file.write_text(json.dumps(config))
+    quantize_int8(export_onnx(directory))  # export_onnx checks ONNX fp32 against PyTorch within EXPORT_ATOL
+    texts = [t for lang in ("en", "zh", "es") for t in CORPUS[lang][:4]]
+    engines = [TorchEngine(directory), OnnxEngine(directory, quantized=False), OnnxEngine(directory, quantized=True)]
+    for engine in engines:
+        assert engine.batcher.encode(["Zinsen"]) == engine.batcher.tokenizer(["query: Zinsen"])["input_ids"]
+    reference, fp32, int8 = (engine.predict(texts) for engine in engines)
+    for a, b in zip(reference, fp32):
+        assert all(abs(a.sentiment.probs[k] - b.sentiment.probs[k]) < 1e-4 for k in SENTIMENT_LABELS)
+    assert sum(a.sentiment.label == c.sentiment.label for a, c in zip(reference, int8)) >= len(texts) * 2 // 3

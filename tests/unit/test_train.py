@@ -342,3 +342,42 @@ def test_early_stopping_with_patience_from_csv(plain_base: Path, tmp_path: Path)
     assert [e["epoch"] for e in state["epoch_log"]] == [1, 2, 3]
     assert state["best_epoch"] == 1 and state["bad_epochs"] == 2
     assert engine_topics(tmp_path / "out") == list(train_module.FALLBACK_TOPICS)
+
+
+# ---------------------------------------------------------------- frozen encoder, frozen embeddings
+
+
+def test_frozen_encoder_trains_only_the_heads_and_reuses_its_cache(
+    plain_base: Path, train_file: Path, tmp_path: Path
+) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "frozen"
+    options = dict(epochs=40, batch_size=8, learning_rate=1e-2, max_length=32, seed=0, freeze_encoder=True,
+                   cache_dir=cache, head_hidden=16)
+    report = train(str(plain_base), [train_file], None, out, **options)
+    base, trained = load_file(plain_base / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(trained[f"bert.{name}"], tensor) for name, tensor in base.items())
+    assert report["sentiment"]["all"]["macro_f1"] > 0.8 and report["topic"]["all"]["macro_f1"] > 0.8
+
+    # The standardisation was folded into the heads: the served model reproduces the dev report.
+    _, dev = split_holdout(load_examples([train_file]), fraction=0.2, seed=0)
+    served = load_engine(out, backend="torch").predict([r.text for r in dev])
+    again = evaluate({"sentiment": [r.sentiment for r in dev], "topic": [r.topic for r in dev]},
+                     {"sentiment": [s.sentiment.label for s in served], "topic": [s.topic.label for s in served]},
+                     [r.lang for r in dev])
+    for head in ("sentiment", "topic"):
+        assert again[head]["all"]["macro_f1"] == pytest.approx(report[head]["all"]["macro_f1"])
+
+    # A second run with other settings embeds nothing new.
+    [cache_file] = cache.glob("*.pt")
+    written = cache_file.stat().st_mtime_ns
+    train(str(plain_base), [train_file], None, tmp_path / "again", **{**options, "learning_rate": 5e-3})
+    assert cache_file.stat().st_mtime_ns == written
+
+
+def test_frozen_word_embeddings_stay_put_while_the_rest_learns(plain_base: Path, train_file: Path, tmp_path: Path) -> None:
+    train(str(plain_base), [train_file], None, tmp_path, epochs=1, freeze_word_embeddings=True, **FAST)
+    base, trained = load_file(plain_base / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    word = "embeddings.word_embeddings.weight"
+    assert torch.equal(trained[f"bert.{word}"], base[word])
+    assert not torch.equal(trained["bert.encoder.layer.0.attention.self.query.weight"],
+                           base["encoder.layer.0.attention.self.query.weight"])
