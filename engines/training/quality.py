@@ -6,6 +6,8 @@
         [--backends torch,onnxruntime-int8,onnxruntime:other.int8.onnx]               # any exports of the same weights
     python -m engines.training.quality calibration --data FILE --out C.jsonl        # training-side texts for static int8
     python -m engines.training.quality plot --model-eval DIR/eval.json --baseline B --out PNG
+    python -m engines.training.quality tests --model DIR --data ../shared/data --split /tmp/fq --out R.json
+                                                                                     # published test sets
 
 The split pools the financial sentiment sets, the 8-language tweets and MultiFin's topics,
 capped per source so a CPU run stays within minutes, and holds out a stratified share.
@@ -145,6 +147,39 @@ def compare(
     return results
 
 
+def official_tests(model_dir: Path, data_dir: Path, split_dir: Path, *, backend: str = "torch") -> dict[str, Any]:
+    """A model trained on a `split` beside TF-IDF on the same training rows, on the published test sets.
+
+    xlmt_test: XLM-T's official test split (870 tweets per language; `split` keeps only XLM-T's
+    train split). fpb_heldout: the Financial PhraseBank sentences of the split's held-out rows.
+    multifin_heldout: the split's held-out MultiFin headlines (its topic rows).
+    """
+    from engines import load_engine
+
+    engine = load_engine(model_dir, backend=backend)
+    train = load_examples([split_dir / "train.jsonl"])
+    dev = load_examples([split_dir / "dev.jsonl"])
+    sentiment_only = Fields(sentiment="label", topic=None)
+    fpb = {r.text for r in load_examples([data_dir / "fin_sentiment_en.jsonl"], fields=sentiment_only,
+                                         where={"source": "fpb"})}
+    sets = {
+        "xlmt_test": (load_examples([data_dir / "xlmt_sentiment.jsonl"], fields=sentiment_only,
+                                    where={"split": "test"}), "sentiment"),
+        "fpb_heldout": ([r for r in dev if r.sentiment and r.text in fpb], "sentiment"),
+        "multifin_heldout": ([r for r in dev if r.topic], "topic"),
+    }
+    results: dict[str, Any] = {"model_version": engine.model_version}
+    for name, (rows, head) in sets.items():
+        scores = engine.predict([r.text for r in rows])
+        gold, langs = {head: [getattr(r, head) for r in rows]}, [r.lang for r in rows]
+        results[name] = {
+            "head": head,
+            "model": evaluate(gold, {head: [getattr(s, head).label for s in scores]}, langs)[head],
+            "tfidf": evaluate(gold, {head: tfidf_predict(train, rows, head)}, langs)[head],
+        }
+    return results
+
+
 def plot_by_language(model_report: dict[str, Any], baseline_report: dict[str, Any], out: Path, *, min_n: int = 20) -> None:
     """Per-language macro-F1 of the model beside the baseline, one panel per head (languages with >= min_n rows)."""
     import matplotlib
@@ -201,12 +236,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     sample.add_argument("-n", type=int, default=200)
     sample.add_argument("--out", type=Path, required=True)
+    tests = commands.add_parser("tests", help="a model trained on a split, and TF-IDF, on the published test sets")
+    tests.add_argument("--model", type=Path, required=True)
+    tests.add_argument("--data", type=Path, required=True, help="the shared data directory")
+    tests.add_argument("--split", type=Path, required=True, help="the `split` output the model was trained on")
+    tests.add_argument("--backend", default="torch")
+    tests.add_argument("--out", type=Path, required=True)
     fig = commands.add_parser("plot", help="per-language macro-F1 of a model's eval.json beside the baseline's")
     fig.add_argument("--model-eval", type=Path, required=True)
     fig.add_argument("--baseline", type=Path, required=True)
     fig.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.command == "plot":
+    if args.command == "tests":
+        results = official_tests(args.model, args.data, args.split, backend=args.backend)
+        args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+        for name, result in results.items():
+            if isinstance(result, dict):
+                print(f"{name} ({result['head']}): macro-F1 {result['model']['all']['macro_f1']:.4f}, accuracy "
+                      f"{result['model']['all']['accuracy']:.4f}; TF-IDF {result['tfidf']['all']['macro_f1']:.4f}")
+    elif args.command == "plot":
         load = lambda p: json.loads(p.read_text(encoding="utf-8"))  # noqa: E731
         plot_by_language(load(args.model_eval), load(args.baseline), args.out)
     elif args.command in ("compare", "calibration"):
