@@ -213,6 +213,26 @@ def log_rows(train_rows: Sequence[Example], dev_rows: Sequence[Example], labels:
         log.warning("dev topics not in the training rows (they count as errors): %s", sorted(unseen))
 
 
+def load_split(
+    train_files: Sequence[str | Path],
+    dev_files: Sequence[str | Path] | None,
+    fields: Fields,
+    where: Where | None,
+    dev_where: Where | None,
+    dev_fraction: float,
+    seed: int,
+) -> tuple[list[Example], list[Example]]:
+    """(training rows, dev rows): dev_files filtered by dev_where (default where), or a seeded held-out share."""
+    rows = load_examples(train_files, fields=fields, where=where)
+    if dev_files:
+        dev = load_examples(dev_files, fields=fields, where=where if dev_where is None else dev_where)
+    else:
+        rows, dev = split_holdout(rows, fraction=dev_fraction, seed=seed)
+    if not rows or not dev:
+        raise ValueError(f"need labelled rows for both sides: {len(rows)} training, {len(dev)} dev")
+    return rows, dev
+
+
 def encode(
     examples: Sequence[Example],
     tokenizer: PreTrainedTokenizerBase,

@@ -63,11 +63,10 @@ from engines.training.data import (
     Where,
     class_weights_of,
     encode,
-    load_examples,
+    load_split,
     log_rows,
     pad_batch,
     parse_where,
-    split_holdout,
     topic_labels_of,
 )
 from engines.training.evaluate import evaluate, mean_macro_f1, render_report
@@ -137,7 +136,7 @@ def train(
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(seed)
-    train_rows, dev_rows = _load_rows(train_files, dev_files, fields, where, dev_where, dev_fraction, seed)
+    train_rows, dev_rows = load_split(train_files, dev_files, fields, where, dev_where, dev_fraction, seed)
     tokenizer = _load_tokenizer(base)
     model = _load_model(base, topic_labels_of(train_rows), name or out_dir.name, head_hidden, head_dropout)
     labels = {"sentiment": list(model.config.sentiment_labels), "topic": list(model.config.topic_labels)}
@@ -207,25 +206,6 @@ def _resolve_precision(choice: str) -> str:
     if not torch.cuda.is_available():
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def _load_rows(
-    train_files: Sequence[str | Path],
-    dev_files: Sequence[str | Path] | None,
-    fields: Fields,
-    where: Where | None,
-    dev_where: Where | None,
-    dev_fraction: float,
-    seed: int,
-) -> tuple[list[Example], list[Example]]:
-    rows = load_examples(train_files, fields=fields, where=where)
-    if dev_files:
-        dev = load_examples(dev_files, fields=fields, where=where if dev_where is None else dev_where)
-    else:
-        rows, dev = split_holdout(rows, fraction=dev_fraction, seed=seed)
-    if not rows or not dev:
-        raise ValueError(f"need labelled rows for both sides: {len(rows)} training, {len(dev)} dev")
-    return rows, dev
 
 
 def _load_tokenizer(base: str) -> PreTrainedTokenizerBase:
