@@ -25,7 +25,7 @@ from rich.table import Table
 from worker.samples import sample_items
 from worker.settings import CacheSettings, EngineSettings, KafkaSettings, Settings, StoreSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (worker/entrypoints/demo.py)
 DEMO_DIR = ROOT / "demo-data"
 console = Console(stderr=True)
 
