@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
 
 from engines.modeling import BertForSentimentAndTopic, configure_heads
 from engines.pretrained.e5_small import (
@@ -146,8 +147,6 @@ def train_heads(data_dir: Path, work_dir: Path, *, cache_dir: Path | None = None
     )
     model = BertForSentimentAndTopic.from_pretrained(model_dir).eval()
     cache = PooledCache(cache_dir, encoder_key(model, sha256_file(e5_dir / WEIGHTS_NAME), SETTINGS["max_length"]))
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     test: dict[str, Any] = {}
     for name in ("xlmt_test", "tfn_sentiment_validation", "tfn_topic_validation", "chabsa_test"):
