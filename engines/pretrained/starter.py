@@ -220,6 +220,20 @@ def model_card(report: dict[str, Any], spec: dict[str, Any]) -> str:
     for name, result in report["test"].items():
         lines.append(f"| {name} | {result['head']} | {result['model']['all']['n']} | "
                      f"{result['model']['all']['macro_f1']:.3f} | {result['tfidf']['all']['macro_f1']:.3f} |")
+    behind = [name for name, result in report["test"].items()
+              if result["model"]["all"]["macro_f1"] <= result["tfidf"]["all"]["macro_f1"]]
+    weakest = min(XLMT_LANGS, key=model_f1.__getitem__)
+    lines += [
+        "",
+        "## Limits",
+        "",
+        f"- Sentiment was trained on {', '.join(XLMT_LANGS)} (XLM-T), English (TFN) and Japanese (chABSA) only; "
+        "other languages, Chinese and Korean among them, are zero-shot: the encoder knows them, the heads never "
+        "saw them labelled.",
+        f"- Weakest XLM-T language: {weakest} ({model_f1[weakest]:.3f}).",
+        "- Test sets where TF-IDF does at least as well: " + (", ".join(behind) if behind else "none") + ".",
+        "- Topics are TFN's 20 classes for English financial tweets; text about other subjects still gets one of them.",
+    ]
     lines += ["", "Rebuild the heads: `python -m engines.pretrained.starter --data ../shared/data` "
               "(embeds each text once, then trains the heads in seconds).", ""]
     return "\n".join(lines)
