@@ -2,7 +2,7 @@
 
 While the encoder is frozen, the vector a head reads for a text never changes. So each text
 is embedded once, kept in a cache file keyed by the encoder's weights, pooling, prefix and
-max_length, and the heads (two linear layers) train over those vectors in seconds. Training
+max_length, and the heads (a linear layer or a small MLP each) train over those vectors in seconds. Training
 again with other rows, epochs or learning rates re-embeds only the texts not seen before.
 """
 
@@ -51,10 +51,13 @@ class PooledCache:
         self.vectors: torch.Tensor = stored["vectors"]
 
     def missing(self, texts: Sequence[str]) -> list[str]:
-        return list(dict.fromkeys(t for t in texts if _text_key(t) not in self.index))
+        """Texts not cached yet, one per key (texts that differ only in lone surrogates share one)."""
+        unseen = {_text_key(t): t for t in texts}
+        return [text for key, text in unseen.items() if key not in self.index]
 
     def add(self, texts: Sequence[str], vectors: torch.Tensor) -> None:
-        start = len(self.index)
+        """Append vectors for texts (distinct keys, as missing() gives them) and save the file."""
+        start = len(self.vectors)
         for offset, text in enumerate(texts):
             self.index[_text_key(text)] = start + offset
         self.vectors = vectors if start == 0 else torch.cat([self.vectors, vectors])

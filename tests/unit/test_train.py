@@ -381,3 +381,17 @@ def test_frozen_word_embeddings_stay_put_while_the_rest_learns(plain_base: Path,
     assert torch.equal(trained[f"bert.{word}"], base[word])
     assert not torch.equal(trained["bert.encoder.layer.0.attention.self.query.weight"],
                            base["encoder.layer.0.attention.self.query.weight"])
+
+
+def test_pooled_cache_keeps_one_row_per_key_across_runs(tmp_path: Path) -> None:
+    from engines.training.frozen import PooledCache
+
+    cache = PooledCache(tmp_path, "k")
+    texts = ["up", "down", "a\ud800", "a\udfff", "up"]  # the two lone-surrogate texts share one key
+    missing = cache.missing(texts)
+    assert missing == ["up", "down", "a\udfff"]
+    cache.add(missing, torch.arange(3.0).unsqueeze(1))
+    reopened = PooledCache(tmp_path, "k")
+    assert reopened.missing([*texts, "flat"]) == ["flat"]
+    reopened.add(["flat"], torch.tensor([[9.0]]))
+    assert reopened.get(["flat", "up", "a\ud800", "down"]).squeeze(1).tolist() == [9.0, 0.0, 2.0, 1.0]
