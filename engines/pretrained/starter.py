@@ -41,7 +41,7 @@ from engines.training.checkpoints import EVAL_FILE
 from engines.training.data import Example, Fields, load_examples, split_holdout
 from engines.training.evaluate import evaluate
 from engines.training.frozen import PooledCache, default_cache_dir, encoder_key, pooled
-from engines.training.quality import tfidf_predict
+from engines.training.quality import tfidf_predict, write_examples
 from engines.training.train import train
 
 NAME = "finpulse-starter-e5-small"
@@ -134,7 +134,7 @@ def train_heads(data_dir: Path, work_dir: Path, *, cache_dir: Path | None = None
         convert(e5_dir)
     sets = training_sets(data_dir, SETTINGS["seed"])
     for split in ("train", "dev"):
-        _write_jsonl(work_dir / f"{split}.jsonl", sets[split])
+        write_examples(work_dir / f"{split}.jsonl", sets[split])
     model_dir = work_dir / "model"
     cache_dir = cache_dir or default_cache_dir()
     dev_report = train(
@@ -237,14 +237,6 @@ def model_card(report: dict[str, Any], spec: dict[str, Any]) -> str:
     lines += ["", "Rebuild the heads: `python -m engines.pretrained.starter --data ../shared/data` "
               "(embeds each text once, then trains the heads in seconds).", ""]
     return "\n".join(lines)
-
-
-def _write_jsonl(path: Path, rows: Sequence[Example]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as out:
-        for r in rows:
-            record = {"text": r.text, "lang": r.lang, "sentiment": r.sentiment, "topic": r.topic}
-            out.write(json.dumps({k: v for k, v in record.items() if v is not None}, ensure_ascii=False) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

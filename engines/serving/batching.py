@@ -98,26 +98,38 @@ class Batcher:
 
     def batches(self, order: list[int], encoded: list[list[int]]) -> Iterator[list[int]]:
         """Cut length-sorted indices so that (longest in batch) x (batch size) <= token_budget."""
-        batch: list[int] = []
-        for i in order:
-            # Lengths are ascending, so the newcomer sets the padded width of the batch.
-            full = self.max_rows is not None and len(batch) == self.max_rows
-            if batch and (full or len(encoded[i]) * (len(batch) + 1) > self.token_budget):
-                yield batch
-                batch = []
-            batch.append(i)
-        if batch:
-            yield batch
+        return budget_batches(order, encoded, self.token_budget, self.max_rows)
 
     def pad(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Right-pad rows to the longest: (input_ids, attention_mask), int64 as BERT exports expect."""
-        width = max(len(row) for row in rows)
-        input_ids = np.full((len(rows), width), self.tokenizer.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-        for r, row in enumerate(rows):
-            input_ids[r, : len(row)] = row
-            attention_mask[r, : len(row)] = 1
-        return input_ids, attention_mask
+        return pad_rows(rows, self.tokenizer.pad_token_id)
+
+
+def budget_batches(
+    order: list[int], encoded: list[list[int]], token_budget: int, max_rows: int | None = None
+) -> Iterator[list[int]]:
+    """Cut indices sorted by ascending length so that (longest in batch) x (batch size) <= token_budget."""
+    batch: list[int] = []
+    for i in order:
+        # Lengths are ascending, so the newcomer sets the padded width of the batch.
+        full = max_rows is not None and len(batch) == max_rows
+        if batch and (full or len(encoded[i]) * (len(batch) + 1) > token_budget):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def pad_rows(rows: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad rows to the longest: (input_ids, attention_mask), int64 as BERT exports expect."""
+    width = max(len(row) for row in rows)
+    input_ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    for r, row in enumerate(rows):
+        input_ids[r, : len(row)] = row
+        attention_mask[r, : len(row)] = 1
+    return input_ids, attention_mask
 
 
 def encode_texts(

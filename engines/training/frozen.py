@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import cached_file
 
 from engines.modeling import IGNORE_INDEX, BertForSentimentAndTopic, pooling_of
-from engines.serving.batching import encode_texts
+from engines.serving.batching import budget_batches, encode_texts, pad_rows
 from engines.serving.checkpoint import WEIGHTS_NAME, input_prefix, sha256_file
 from engines.training.checkpoints import EVAL_FILE
 from engines.training.data import Example
@@ -90,21 +90,11 @@ def embed(
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = torch.empty(len(ids), model.config.hidden_size)
     bar = tqdm(total=len(ids), desc="embedding (once per text)", unit="text")
-    start = 0
-    while start < len(order):
-        end = start + 1  # lengths ascend, so the last row of a batch sets its width
-        while end < len(order) and len(ids[order[end]]) * (end - start + 1) <= EMBED_TOKEN_BUDGET:
-            end += 1
-        batch = order[start:end]
-        width = len(ids[batch[-1]])
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, i in enumerate(batch):
-            input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
-            mask[r, : len(ids[i])] = 1
-        out[batch] = model.pool(input_ids.to(model.device), mask.to(model.device)).float().cpu()
+    for batch in budget_batches(order, ids, EMBED_TOKEN_BUDGET):
+        input_ids, mask = pad_rows([ids[i] for i in batch], tokenizer.pad_token_id)
+        out[batch] = model.pool(torch.from_numpy(input_ids).to(model.device),
+                                torch.from_numpy(mask).to(model.device)).float().cpu()
         bar.update(len(batch))
-        start = end
     bar.close()
     return out
 

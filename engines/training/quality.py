@@ -47,7 +47,8 @@ def build_split(data_dir: Path, *, cap: int, dev_fraction: float, seed: int) -> 
     return split_holdout(pooled, fraction=dev_fraction, seed=seed)
 
 
-def _write(path: Path, rows: Iterable[Example]) -> int:
+def write_examples(path: Path, rows: Iterable[Example]) -> int:
+    """Rows as JSONL in the shape `finpulse train` reads (text, lang, sentiment and/or topic); returns the count."""
     n = 0
     with path.open("w", encoding="utf-8") as out:
         for row in rows:
@@ -268,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.holdout_fraction:
                 rows = split_holdout(rows, fraction=args.holdout_fraction, seed=args.seed)[0]
             picked = random.Random(args.seed).sample(rows, min(args.n, len(rows)))
-            print(f"{_write(args.out, picked)} calibration rows (of {len(rows)}) -> {args.out}")
+            print(f"{write_examples(args.out, picked)} calibration rows (of {len(rows)}) -> {args.out}")
             return
         if args.holdout_fraction:
             rows = split_holdout(rows, fraction=args.holdout_fraction, seed=args.seed)[1]
@@ -282,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "split":
         train, dev = build_split(args.data, cap=args.cap, dev_fraction=args.dev_fraction, seed=args.seed)
         args.out.mkdir(parents=True, exist_ok=True)
-        print(f"train {_write(args.out / 'train.jsonl', train)} rows, dev {_write(args.out / 'dev.jsonl', dev)} rows")
+        print(f"train {write_examples(args.out / 'train.jsonl', train)} rows, dev {write_examples(args.out / 'dev.jsonl', dev)} rows")
     else:
         from rich.console import Console
 
