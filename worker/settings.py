@@ -79,7 +79,11 @@ class KafkaSettings(Section):
 class PipelineSettings(Section):
     """What the decode and score stages accept and add."""
 
-    max_text_chars: int = env("MAX_TEXT_CHARS", 20_000, "Longer texts go to the DLQ (at most 200,000, so a scored item fits in a Kafka message)", ge=1, le=200_000)
+    max_text_chars: int = env(
+        "MAX_TEXT_CHARS", 100_000,
+        "Longer texts go to the DLQ: a hard cap on memory (at most 200,000, so a scored item fits in a Kafka message)",
+        ge=1, le=200_000,
+    )
     detect_language: bool = env("DETECT_LANGUAGE", True, "Detect the language of items without `lang` (lingua)")
     watchlist: OptionalText = env("WATCHLIST", None, "YAML of tickers and their names (default: the bundled example)")
 
@@ -92,7 +96,12 @@ class EngineSettings(Section):
         "BACKEND", "auto",
         "`torch`, `onnxruntime`, `tensorrt`; `auto` = TensorRT on a GPU, else ONNX Runtime where exported, else PyTorch",
     )
-    max_length: int = env("MAX_LENGTH", 128, "Tokens kept per text", ge=8, le=512)
+    max_length: int = env("MAX_LENGTH", 128, "Tokens per model input window", ge=8, le=512)
+    max_chunks: int = env(
+        "MAX_CHUNKS", 8,
+        "Most windows of MAX_LENGTH tokens a long text is scored over (first, then evenly spaced); 1 = its start only",
+        ge=1, le=64,
+    )
     token_budget: int = env(
         "TOKEN_BUDGET", 8192, "Padded tokens per engine batch (1024-2048 is faster on small CPUs)", ge=8, le=1_048_576
     )

@@ -30,7 +30,8 @@ class BatchedEngine(ABC):
     max_length: tokens kept per text. token_budget: most padded tokens (rows x width) per
     forward pass. threads: CPU threads for the runtime (None = its default; backends that run
     on a GPU ignore it). max_rows: most rows per forward pass, reported as max_batch_size
-    (None = bounded by token_budget only).
+    (None = bounded by token_budget only). max_chunks: most windows of max_length tokens a long
+    text is scored over (engines.serving.batching; 1 = its first max_length tokens only).
     """
 
     backend: ClassVar[str]
@@ -43,6 +44,7 @@ class BatchedEngine(ABC):
         token_budget: int = 8192,
         threads: int | None = None,
         max_rows: int | None = None,
+        max_chunks: int = 1,
     ) -> None:
         # Checked before anything heavy loads (the Batcher checks them again).
         if not 0 < max_length <= token_budget:
@@ -51,6 +53,7 @@ class BatchedEngine(ABC):
         self.token_budget = token_budget
         self.threads = threads
         self.max_batch_size = max_rows
+        self.max_chunks = max_chunks
         self.model_version = self._load(model_dir)
         self.batcher = self._batcher(model_dir)
 
@@ -65,7 +68,8 @@ class BatchedEngine(ABC):
     def _batcher(self, model_dir: str | Path) -> Batcher:
         """The checkpoint's tokenizer and label sets from its config.json; called after _load."""
         return Batcher.for_checkpoint(
-            Path(model_dir), max_length=self.max_length, token_budget=self.token_budget, max_rows=self.max_batch_size
+            Path(model_dir), max_length=self.max_length, token_budget=self.token_budget, max_rows=self.max_batch_size,
+            max_chunks=self.max_chunks,
         )
 
     def predict(self, texts: Sequence[str]) -> list[Scores]:

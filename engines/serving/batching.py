@@ -1,8 +1,15 @@
-"""What every backend shares: tokenising, length-sorted token-budget batching, softmax into Scores.
+"""What every backend shares: tokenising, chunking, length-sorted token-budget batching, softmax into Scores.
 
 Backends differ only in how a padded (input_ids, attention_mask) batch becomes logits. Keeping
 the rest in one place makes their outputs comparable row for row (same truncation, same
 padding, same batches) and gives them identical edge-case behaviour.
+
+Long texts (news articles) are scored over chunks: a text longer than one window of max_length
+tokens is cut into consecutive windows, each with the special tokens and the model's input
+prefix; at most max_chunks of them are scored, the first and then evenly spaced ones to the
+end, so the whole article is sampled at a bounded cost. The text's probabilities are the
+mean of its windows' probabilities weighted by their text tokens (a short last window counts
+less). A text that fits one window is encoded exactly as with max_chunks=1.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from engines.serving.types import SENTIMENT_LABELS, HeadPrediction, Scores
 # Texts are cut to max_length * this many characters before tokenising: only the first
 # max_length tokens are kept anyway, and tokenising a 1 MB post in full would stall the worker.
 _CHARS_PER_TOKEN_CAP = 64
+# Chunked texts are tokenised whole up to this many characters (FINPULSE_MAX_TEXT_CHARS' ceiling).
+CHUNKED_CHAR_CAP = 200_000
 
 # (input_ids, attention_mask), both int64 [rows, width] -> (sentiment_logits, topic_logits)
 RunBatch = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -44,11 +53,14 @@ class Batcher:
         topic_labels: Sequence[str],
         max_rows: int | None = None,
         prefix: str = "",
+        max_chunks: int = 1,
     ) -> None:
         if not 0 < max_length <= token_budget:
             raise ValueError(f"need 0 < max_length <= token_budget, got {max_length=} {token_budget=}")
         if max_rows is not None and max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        if max_chunks < 1:
+            raise ValueError(f"max_chunks must be >= 1, got {max_chunks}")
         if set(sentiment_labels) != set(SENTIMENT_LABELS):
             raise ValueError(f"sentiment labels {list(sentiment_labels)} != {list(SENTIMENT_LABELS)}")
         self.tokenizer = tokenizer
@@ -58,10 +70,11 @@ class Batcher:
         self.sentiment_labels = list(sentiment_labels)
         self.topic_labels = list(topic_labels)
         self.prefix = prefix
+        self.max_chunks = max_chunks
 
     @classmethod
     def for_checkpoint(
-        cls, model_dir: Path, *, max_length: int, token_budget: int, max_rows: int | None = None
+        cls, model_dir: Path, *, max_length: int, token_budget: int, max_rows: int | None = None, max_chunks: int = 1
     ) -> Batcher:
         """A Batcher with model_dir's tokenizer and the label sets from its config.json, for
         backends that never load the torch model (whose config would carry them)."""
@@ -75,6 +88,7 @@ class Batcher:
                 topic_labels=config["topic_labels"],
                 max_rows=max_rows,
                 prefix=input_prefix(config),
+                max_chunks=max_chunks,
             )
         except (KeyError, ValueError) as e:
             raise ValueError(f"{model_dir}: {e}") from None
@@ -83,14 +97,68 @@ class Batcher:
         """Score texts with run(); results are in input order, [] for []."""
         if not texts:
             return []
+        windows, owners, weights = self.windows(texts)
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+        sentiment = np.zeros((len(texts), len(self.sentiment_labels)))
+        topic = np.zeros((len(texts), len(self.topic_labels)))
+        for batch in self.batches(order, windows):
+            sentiment_logits, topic_logits = run(*self.pad([windows[i] for i in batch]))
+            rows = [owners[i] for i in batch]
+            scale = np.array([weights[i] for i in batch])[:, None]
+            # np.add.at: a text's windows may share a batch, and each must add its share.
+            np.add.at(sentiment, rows, scale * _softmax(sentiment_logits))
+            np.add.at(topic, rows, scale * _softmax(topic_logits))
+        return [
+            Scores(_head(self.sentiment_labels, s.tolist()), _head(self.topic_labels, t.tolist()))
+            for s, t in zip(sentiment, topic)
+        ]
+
+    def windows(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int], list[float]]:
+        """The rows to score: token ids of each window, the text it belongs to, its weight in that
+        text's mean (the weights of one text sum to 1). One window per text when max_chunks is 1."""
         encoded = self.encode(texts)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        results: list[Scores | None] = [None] * len(encoded)
-        for batch in self.batches(order, encoded):
-            sentiment_logits, topic_logits = run(*self.pad([encoded[i] for i in batch]))
-            for i, s_probs, t_probs in zip(batch, _softmax(sentiment_logits), _softmax(topic_logits)):
-                results[i] = Scores(_head(self.sentiment_labels, s_probs), _head(self.topic_labels, t_probs))
-        return results  # type: ignore[return-value]  # every slot was filled
+        if self.max_chunks == 1:
+            return encoded, list(range(len(encoded))), [1.0] * len(encoded)
+        windows: list[list[int]] = []
+        owners: list[int] = []
+        weights: list[float] = []
+        long_texts = [i for i, ids in enumerate(encoded) if len(ids) == self.max_length]  # cut: maybe longer
+        chunked = dict(zip(long_texts, self._chunk([texts[i] for i in long_texts]))) if long_texts else {}
+        for i, ids in enumerate(encoded):
+            rows = chunked.get(i) or [ids]
+            sizes = [len(row) for row in rows]
+            windows += rows
+            owners += [i] * len(rows)
+            weights += [size / sum(sizes) for size in sizes]
+        return windows, owners, weights
+
+    def _chunk(self, texts: Sequence[str]) -> list[list[list[int]]]:
+        """Each text's windows (see the module's docstring); the first is what `encode` gives."""
+        full = self.tokenizer(
+            [_valid_utf8(self.prefix + text[:CHUNKED_CHAR_CAP]) for text in texts],
+            add_special_tokens=False,
+            return_offsets_mapping=bool(self.prefix),
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,  # no "longer than the maximum sequence length" warning: that is the point
+        )
+        # The special tokens around one sequence ([CLS] … [SEP], <s> … </s>), from an empty text's encoding.
+        opening, *closing = self.tokenizer("", return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        room = self.max_length - 1 - len(closing)
+        chunks = []
+        for n, ids in enumerate(full["input_ids"]):
+            # The prefix's tokens are those that end inside it; they lead every window.
+            cut = sum(1 for _, end in full["offset_mapping"][n] if end <= len(self.prefix)) if self.prefix else 0
+            head, body = ids[:cut], ids[cut:]
+            step = max(1, room - len(head))
+            starts = range(0, len(body), step)
+            if len(starts) > self.max_chunks:
+                picks = np.linspace(0, len(starts) - 1, self.max_chunks).round().astype(int)
+                starts = [starts[p] for p in dict.fromkeys(picks.tolist())]
+            chunks.append(
+                [[opening, *head, *body[start : start + step], *closing] for start in starts]
+            )
+        return chunks
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, [CLS] prefix+text [SEP], cut to max_length."""
@@ -150,11 +218,11 @@ def encode_texts(
     )["input_ids"]
 
 
-def _softmax(logits: np.ndarray) -> list[list[float]]:
+def _softmax(logits: np.ndarray) -> np.ndarray:
     # float64 so that each row sums to 1 well within the 1e-5 that consumers check.
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return (exp / exp.sum(axis=-1, keepdims=True)).tolist()
+    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def _head(labels: list[str], probs: list[float]) -> HeadPrediction:

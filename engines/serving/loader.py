@@ -90,9 +90,10 @@ def load_engine(
     max_length: int = 128,
     token_budget: int = 8192,
     threads: int | None = None,
+    max_chunks: int = 1,
 ) -> Engine:
     """Load the checkpoint in model_dir with the named backend ("auto" = best usable, see module doc)."""
-    options = {"max_length": max_length, "token_budget": token_budget, "threads": threads}
+    options = {"max_length": max_length, "token_budget": token_budget, "threads": threads, "max_chunks": max_chunks}
     usable = usable_backends(model_dir)
     if backend == "auto":
         if not usable:

@@ -107,3 +107,76 @@ def test_registered_but_missing_backend_is_a_clear_error(tiny_dir: Path, monkeyp
 def test_max_length_must_fit_token_budget(tiny_dir: Path) -> None:
     with pytest.raises(ValueError, match="token_budget"):
         load_engine(tiny_dir, max_length=256, token_budget=128)
+
+
+# Long texts: scored over chunks (engines/serving/batching.py).
+ARTICLE = " ".join(f"Paragraph {n}: the company reported revenue of {n * 7} million and guided higher." for n in range(300))
+
+
+def _probe_run(topics: int):
+    """Logits that depend on every token of a row, so each window scores differently."""
+    import numpy as np
+
+    def run(input_ids, attention_mask):
+        signal = (input_ids * attention_mask).sum(axis=1, keepdims=True) % 97 / 97.0
+        return np.hstack([signal, -signal, signal * 0]), np.hstack([signal * k for k in range(topics)])
+
+    return run
+
+
+def _batcher(tiny_dir: Path, *, max_chunks: int, prefix: str = "", max_length: int = 32):
+    from engines.serving.batching import Batcher
+
+    batcher = Batcher.for_checkpoint(tiny_dir, max_length=max_length, token_budget=512, max_chunks=max_chunks)
+    batcher.prefix = prefix
+    return batcher
+
+
+def test_short_texts_score_the_same_with_chunking(tiny_dir: Path) -> None:
+    texts = ["Shares rose 2% after results.", "Die Aktie fiel.", "x"]
+    single = load_engine(tiny_dir, "torch", max_length=32, max_chunks=1).predict(texts)
+    chunked = load_engine(tiny_dir, "torch", max_length=32, max_chunks=8).predict(texts)
+    assert single == chunked
+
+
+@pytest.mark.parametrize("prefix", ["", "query: "])
+def test_long_text_windows_cover_the_article_within_the_bound(tiny_dir: Path, prefix: str) -> None:
+    batcher = _batcher(tiny_dir, max_chunks=5, prefix=prefix)
+    windows, owners, weights = batcher.windows(["short one", ARTICLE])
+    assert owners == [0] + [1] * 5 and weights[0] == 1.0 and sum(weights[1:]) == pytest.approx(1.0)
+    assert all(len(w) <= batcher.max_length for w in windows)
+    assert windows[1] == batcher.encode([ARTICLE])[0]  # the first window is the unchunked encoding
+    prefix_ids = batcher.tokenizer(prefix.strip(), add_special_tokens=False)["input_ids"] if prefix else []
+    head = [batcher.tokenizer.cls_token_id, *prefix_ids]  # every window: [CLS] + the prefix's tokens
+    assert all(w[: len(head)] == head for w in windows[1:])
+    text = [batcher.tokenizer.decode(w, skip_special_tokens=True) for w in windows[1:]]
+    assert "Paragraph 0 " in text[0]
+    body = batcher.tokenizer(ARTICLE, add_special_tokens=False)["input_ids"]
+    assert windows[-1][-3:-1] == body[-2:]  # the last chunk ends where the article ends
+    assert len(batcher.encode([ARTICLE])[0]) == batcher.max_length
+
+
+def test_long_text_scores_are_the_token_weighted_mean_of_its_windows(tiny_dir: Path) -> None:
+    import numpy as np
+
+    batcher = _batcher(tiny_dir, max_chunks=4)
+    probe = _probe_run(len(batcher.topic_labels))
+    [scores] = batcher.predict([ARTICLE], probe)
+    windows, _, weights = batcher.windows([ARTICLE])
+
+    def softmax(logits):
+        exp = np.exp(logits - logits.max())
+        return exp / exp.sum()
+
+    alone = [probe(*batcher.pad([w])) for w in windows]  # each window scored on its own
+    assert len({round(float(s[0][0, 0]), 9) for s in alone}) > 1  # the windows differ
+    for n, (head, labels) in enumerate((("sentiment", batcher.sentiment_labels), ("topic", batcher.topic_labels))):
+        mean = sum(weight * softmax(logits[n][0].astype(np.float64)) for weight, logits in zip(weights, alone))
+        assert getattr(scores, head).probs == pytest.approx(dict(zip(labels, mean.tolist())), abs=1e-12)
+        assert sum(getattr(scores, head).probs.values()) == pytest.approx(1.0, abs=1e-9)
+    assert scores.sentiment.label == max(scores.sentiment.probs, key=scores.sentiment.probs.get)
+
+
+def test_max_chunks_must_be_positive(tiny_dir: Path) -> None:
+    with pytest.raises(ValueError, match="max_chunks"):
+        _batcher(tiny_dir, max_chunks=0)

@@ -31,6 +31,7 @@ class OnnxEngine(BatchedEngine):
         token_budget: int = 8192,
         threads: int | None = None,
         max_rows: int | None = None,
+        max_chunks: int = 1,
         quantized: bool | None = None,
         onnx_file: str | Path | None = None,
     ) -> None:
@@ -43,7 +44,8 @@ class OnnxEngine(BatchedEngine):
         self.quantized = quantized
         self.onnx_file = onnx_file
         super().__init__(
-            model_dir, max_length=max_length, token_budget=token_budget, threads=threads, max_rows=max_rows
+            model_dir, max_length=max_length, token_budget=token_budget, threads=threads, max_rows=max_rows,
+            max_chunks=max_chunks,
         )
 
     def _load(self, model_dir: str | Path) -> str:

@@ -49,6 +49,7 @@ class TensorRTEngine(BatchedEngine):
         max_length: int = 128,
         token_budget: int = 8192,
         threads: int | None = None,
+        max_chunks: int = 1,
         fp16: bool | None = None,
         batch: Sequence[int] = DEFAULT_BATCH,
         cache_dir: str | Path | None = None,
@@ -57,7 +58,8 @@ class TensorRTEngine(BatchedEngine):
         self.batch = tuple(batch)
         self.cache_dir = cache_dir
         super().__init__(
-            model_dir, max_length=max_length, token_budget=token_budget, threads=threads, max_rows=self.batch[2]
+            model_dir, max_length=max_length, token_budget=token_budget, threads=threads, max_rows=self.batch[2],
+            max_chunks=max_chunks,
         )
 
     def _load(self, model_dir: str | Path) -> str:

@@ -42,6 +42,7 @@ class TorchEngine(BatchedEngine):
                 topic_labels=config.topic_labels,
                 max_rows=self.max_batch_size,
                 prefix=input_prefix(config),
+                max_chunks=self.max_chunks,
             )
         except ValueError as e:
             raise ValueError(f"{model_dir}: {e}") from None

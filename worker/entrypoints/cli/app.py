@@ -60,6 +60,7 @@ def load_engine_or_exit(settings: EngineSettings, model: str | None = None, back
             max_length=settings.max_length,
             token_budget=settings.token_budget,
             threads=settings.threads,
+            max_chunks=settings.max_chunks,
         )
         engine.health()  # one forward pass: a broken model fails here, not on the first batch
         return engine
