@@ -4,14 +4,18 @@ Runs real servers from the machine's own binaries (Kafka's jars are resolved onc
 keeps their data, logs and PID files under one directory, and reuses anything that already
 answers on a port. Standard library only, because it runs before any virtualenv exists.
 
-    python -m ops.services up [NAME...] | down | status | start NAME | stop NAME | restart NAME
+    python -m ops.services up [NAME...] | down | status | env [--kafka-sasl] | start NAME | stop NAME | restart NAME
 
 Environment: FINPULSE_SERVICES_DIR (default /var/tmp/finpulse-services-<uid>), FINPULSE_KAFKA_PORT (9092),
-FINPULSE_KAFKA_CONTROLLER_PORT (9093), FINPULSE_REDIS_PORT (6379), FINPULSE_POSTGRES_PORT (5432).
+FINPULSE_KAFKA_CONTROLLER_PORT (9093), FINPULSE_KAFKA_SASL_PORT (9094), FINPULSE_REDIS_PORT (6379),
+FINPULSE_POSTGRES_PORT (5432).
+
+Every service takes a password, made once into the owner-only `credentials` file of the services
+dir; `env` prints the worker's settings with them, and `client_env()` gives them to tests.
 
 This file is the public API; the work is split by job:
 
-- `config.py`: ports, URLs, directories, PID and log files, ServiceError;
+- `config.py`: ports, URLs, directories, PID and log files, passwords, ServiceError;
 - `process.py`: sockets, PID files, stopping with a grace period, setup commands, apt installs;
 - `kafka.py`, `redis.py`, `postgres.py`: how to probe, launch and stop each server;
 - `lifecycle.py`: up/down/start/stop/restart/status (reuse what answers, stop only ours);
@@ -29,6 +33,10 @@ from ops.services.config import (
     SERVICES,
     STOP_GRACE,
     ServiceError,
+    client_env,
+    credentials,
+    credentials_file,
+    kafka_cafile,
     log_file,
     port,
     services_dir,
@@ -44,9 +52,13 @@ __all__ = [
     "SERVICES",
     "STOP_GRACE",
     "ServiceError",
+    "client_env",
+    "credentials",
+    "credentials_file",
     "down",
     "is_ours",
     "is_running",
+    "kafka_cafile",
     "log_file",
     "main",
     "port",

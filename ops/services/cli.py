@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ops.services.config import DEFAULT_TIMEOUT, HOST, SERVICES, ServiceError, say
+from ops.services.config import DEFAULT_TIMEOUT, HOST, SERVICES, ServiceError, client_env, credentials_file, say
 from ops.services.lifecycle import down, restart, start, status, stop, up
 
 
@@ -13,6 +13,14 @@ def _print_status() -> None:
         state = "running" if row["running"] else "stopped"
         owner = "ours" if row["ours"] else ("external" if row["running"] else "-")
         print(f"{row['name']:<9} {HOST}:{row['port']:<6} {state:<8} {owner:<9} {row['url']}")
+
+
+def _print_env(kafka_sasl: bool) -> None:
+    """FINPULSE_* lines for `export $(…)` or a `.env` file; the passwords come from the owner-only credentials file."""
+    if not credentials_file().exists():
+        say(f"note: no {credentials_file()} yet (run `up`): these services take no passwords")
+    for name, value in client_env(kafka_sasl).items():
+        print(f"{name}={value}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         "names", nargs="*", metavar="NAME", help=f"any of {', '.join(SERVICES)} (default: all)")
     commands.add_parser("down", help="stop the services this script started")
     commands.add_parser("status", help="show ports, state and URLs")
+    commands.add_parser("env", help="print the worker's FINPULSE_* settings for these services, with passwords").add_argument(
+        "--kafka-sasl", action="store_true", help="use the SASL_SSL listener (SCRAM-SHA-512, the local CA)")
     for command, about in (("start", "start one service"), ("restart", "stop and start one of ours")):
         commands.add_parser(command, parents=[timing], help=about).add_argument("name", choices=SERVICES)
     commands.add_parser("stop", help="stop one of ours").add_argument("name", choices=SERVICES)
@@ -42,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             down()
         elif args.command == "status":
             _print_status()
+        elif args.command == "env":
+            _print_env(args.kafka_sasl)
         elif args.command == "start":
             start(args.name, args.timeout)
         elif args.command == "restart":

@@ -1,7 +1,9 @@
 """Bringing the servers up and down: reuse what answers, launch what does not, stop only our own.
 
 This is the policy layer over the three server modules: it decides per service whether to
-reuse, launch or wait, and refuses to touch a server that finpulse did not start.
+reuse, launch or wait, and refuses to touch a server that finpulse did not start. It also
+makes the passwords (once) and keeps the services dir owner-only: 0711 at the top, so the
+postgres user can reach its own directory when we run as root, and 0700 below.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ops.services.config import (
     SERVICES,
     ServiceError,
     dir_of,
+    ensure_credentials,
     log_file,
     log_hint,
     pid_file,
@@ -27,7 +30,7 @@ from ops.services.config import (
     url,
 )
 
-# Each has ready(port), launch(timeout), stop(pid) and CMDLINE_MARK.
+# Each has ready(port), outdated(), launch(timeout), stop(pid) and CMDLINE_MARK; Kafka also after_ready().
 _SERVERS: dict[str, ModuleType] = {"kafka": kafka, "redis": redis, "postgres": postgres}
 
 
@@ -58,14 +61,15 @@ def _begin(name: str, timeout: float) -> str:
     """Launch NAME unless something answers already: 'reused', 'booting' (ours, not ready yet) or 'started'."""
     port_ = port(name)
     if _SERVERS[name].ready(port_):
-        return "reused"
-    if is_ours(name):
+        if not (is_ours(name) and _SERVERS[name].outdated()):
+            return "reused"
+        say(f"{name}: ours but started without passwords or TLS; restarting it with them")
+        stop(name)
+    elif is_ours(name):
         return "booting"
-    if process.port_open(port_):
+    elif process.port_open(port_):
         raise ServiceError(f"{name}: {HOST}:{port_} is taken by something that does not answer like {name}; "
                            f"free the port or set {PORTS[name][0]}")
-    services_dir().mkdir(parents=True, exist_ok=True)
-    dir_of(name).mkdir(exist_ok=True)
     say(f"{name}: starting on {HOST}:{port_} (log: {log_file(name)})")
     _SERVERS[name].launch(timeout)
     return "started"
@@ -85,16 +89,30 @@ def _wait_ready(name: str, started_at: float, timeout: float) -> None:
 def up(names: Iterable[str] | None = None, timeout: float = DEFAULT_TIMEOUT) -> dict[str, str]:
     """Make the services (default: all) ready; returns NAME -> 'reused' or 'started'."""
     chosen = _check_names(names)
+    _make_private(chosen)
+    ensure_credentials()
     begun: dict[str, tuple[str, float]] = {}
     for name in chosen:
         begun[name] = (_begin(name, timeout), time.monotonic())
     for name, (how, started_at) in begun.items():
         if how != "reused":
             _wait_ready(name, started_at, timeout)
+        if hasattr(_SERVERS[name], "after_ready") and is_ours(name):  # also if an earlier `up` failed before it
+            _SERVERS[name].after_ready()
         owner = "ours" if is_ours(name) else "external"
         verb = "ready" if how == "started" else f"reused ({owner})"
         say(f"{name}: {verb} on {HOST}:{port(name)}")
     return {name: "started" if how == "started" else "reused" for name, (how, _) in begun.items()}
+
+
+def _make_private(names: list[str]) -> None:
+    """Owner-only dirs, also for those made before (0755): others must not read data, logs or the passwords."""
+    root = services_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o711)  # traversable, not listable: the postgres user needs to reach its dir when we run as root
+    for name in names:
+        dir_of(name).mkdir(exist_ok=True)
+        dir_of(name).chmod(0o700)
 
 
 def start(name: str, timeout: float = DEFAULT_TIMEOUT) -> str:

@@ -98,12 +98,14 @@ def terminate(name: str, pid: int, ask: Callable[[], None]) -> None:
 # --- commands and packages -------------------------------------------------------------------------
 
 
-def run(cmd: list[str], what: str, quiet: bool = True, **kwargs: Any) -> str:
-    """Run a setup command; on failure raise with its output so the user sees why."""
+def run(cmd: list[str], what: str, quiet: bool = True, input: str | None = None, **kwargs: Any) -> str:
+    """Run a setup command; on failure raise with its output so the user sees why.
+
+    Secrets go in through INPUT (standard input), never the arguments, which every local user can read in /proc.
+    """
     output = subprocess.PIPE if quiet else sys.stderr
-    result = subprocess.run(
-        cmd, stdin=subprocess.DEVNULL, stdout=output, stderr=output, text=True, check=False, **kwargs
-    )
+    stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+    result = subprocess.run(cmd, stdout=output, stderr=output, text=True, check=False, **stdin, **kwargs)
     if result.returncode != 0:
         details = ((result.stdout or "") + (result.stderr or "")).strip()[-3000:]
         raise ServiceError(f"{what} failed (exit {result.returncode}): {shlex.join(cmd)}\n{details}".rstrip())
