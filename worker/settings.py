@@ -56,7 +56,7 @@ class Section(BaseModel):
 
 
 class KafkaSettings(Section):
-    """The brokers and how the worker consumes: the Faust driver, replay, the outbox's producer."""
+    """The brokers, how every client reaches them (worker/kafka_security.py), and how the worker consumes."""
 
     url: str = env("KAFKA_URL", "kafka://127.0.0.1:9092", "Brokers, Faust style (`kafka://h1:9092,h2:9092`)")
     topic_partitions: int = env("TOPIC_PARTITIONS", 4, "Partitions of topics the worker creates", ge=1, le=10_000)
@@ -74,6 +74,26 @@ class KafkaSettings(Section):
     persist_batch_wait_ms: int = env("PERSIST_BATCH_WAIT_MS", 200, "Longest wait to fill an upsert, ms", ge=1, le=60_000)
     web_port: int = env("WEB_PORT", 6066, "Port of the worker's `/health` and `/metrics`", ge=0, le=65535)
     web_host: str = env("WEB_HOST", "127.0.0.1", "Interface of the worker's `/health` and `/metrics`")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = env(
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "How every Kafka client reaches the brokers; production clusters want `SASL_SSL`"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = env(
+        "KAFKA_SASL_MECHANISM", "SCRAM-SHA-512", "SASL mechanism of the `SASL_*` protocols (`PLAIN` sends the password itself: TLS)"
+    )
+    sasl_username: OptionalText = env("KAFKA_SASL_USERNAME", None, "SASL user; the `SASL_*` protocols need one")
+    sasl_password: OptionalText = env("KAFKA_SASL_PASSWORD", None, "SASL password", repr=False)
+    ssl_cafile: OptionalText = env(
+        "KAFKA_SSL_CAFILE", None, "CA certificates (PEM) the brokers' certificates must chain to (default: the system's)"
+    )
+    ssl_certfile: OptionalText = env("KAFKA_SSL_CERTFILE", None, "Client certificate (PEM), for brokers that require mutual TLS")
+    ssl_keyfile: OptionalText = env("KAFKA_SSL_KEYFILE", None, "Private key (PEM) of the client certificate, unless in its file")
+    ssl_check_hostname: bool = env("KAFKA_SSL_CHECK_HOSTNAME", True, "Require the broker's certificate to name the host connected to")
+
+    def model_post_init(self, context: Any) -> None:
+        """A SASL protocol without a login would fail only at the first connection, and less clearly."""
+        if self.security_protocol.startswith("SASL_") and not (self.sasl_username and self.sasl_password):
+            raise ValueError(f"FINPULSE_KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs "
+                             "FINPULSE_KAFKA_SASL_USERNAME and FINPULSE_KAFKA_SASL_PASSWORD")
 
 
 class PipelineSettings(Section):

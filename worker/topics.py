@@ -7,6 +7,7 @@ import logging
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from worker.kafka_security import client_options
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,10 @@ def bootstrap_servers(kafka_url: str) -> list[str]:
 
 
 def ensure_topics(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.kafka.url), client_id=f"{settings.app_id}-admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(settings.kafka.url), client_id=f"{settings.app_id}-admin",
+        **client_options(settings.kafka),
+    )
     partitions = settings.kafka.topic_partitions
     try:
         existing = set(admin.list_topics())

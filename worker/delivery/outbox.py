@@ -9,7 +9,8 @@ can drop the copy. On PostgreSQL, rows are claimed with `FOR UPDATE SKIP LOCKED`
 several workers share the work without sending one alert twice.
 
 It uses its own idempotent Kafka producer rather than Faust's, so it works the same in
-the worker, under Faust's exactly-once mode, and in `finpulse replay`.
+the worker, under Faust's exactly-once mode, and in `finpulse replay`; its caller hands it
+the brokers' security options (worker/kafka_security.py).
 """
 
 from __future__ import annotations
@@ -39,10 +40,14 @@ log.addFilter(Throttle(every_s=30))  # an outage fails every pass (twice a secon
 class AlertOutbox:
     """Sends stored alerts; the caller owns the SQL engine."""
 
-    def __init__(self, database: AsyncEngine, settings: WebhookSettings, *, kafka_url: str, topic: str) -> None:
+    def __init__(
+        self, database: AsyncEngine, settings: WebhookSettings, *, kafka_url: str, topic: str,
+        kafka_options: dict[str, Any] | None = None,
+    ) -> None:
         self.database = database
         self.settings = settings
         self.kafka_url = kafka_url
+        self.kafka_options = kafka_options or {}  # client_options(settings.kafka): TLS, SASL
         self.topic = topic
         self.backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._producer: AIOKafkaProducer | None = None
@@ -113,7 +118,8 @@ class AlertOutbox:
     async def _kafka(self) -> AIOKafkaProducer:
         if self._producer is None:
             producer = AIOKafkaProducer(
-                bootstrap_servers=bootstrap_servers(self.kafka_url), acks="all", enable_idempotence=True
+                bootstrap_servers=bootstrap_servers(self.kafka_url), acks="all", enable_idempotence=True,
+                **self.kafka_options,
             )
             await producer.start()
             self._producer = producer

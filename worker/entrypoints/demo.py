@@ -134,9 +134,10 @@ def _delete_topics(settings) -> None:  # type: ignore[no-untyped-def]
     """Each demo run has its own namespace; leave no topics behind."""
     from kafka.admin import KafkaAdminClient
 
+    from worker.kafka_security import client_options
     from worker.topics import STAGES, bootstrap_servers
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.kafka.url))
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.kafka.url), **client_options(settings.kafka))
     try:
         admin.delete_topics([settings.topic(stage) for stage in STAGES])
     finally:
@@ -146,7 +147,9 @@ def _delete_topics(settings) -> None:  # type: ignore[no-untyped-def]
 def _produce(settings, servers: list[str], count: int) -> None:  # type: ignore[no-untyped-def]
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=servers, acks="all")
+    from worker.kafka_security import client_options
+
+    producer = KafkaProducer(bootstrap_servers=servers, acks="all", **client_options(settings.kafka))
     for item in sample_items(count, seed=7, prefix="demo"):
         producer.send(settings.topic("docs"), key=item["id"].encode(), value=json.dumps(item, ensure_ascii=False).encode())
     for bad in (b"{not json", b'{"text": ""}', b'{"text": 42}', b"\xff\xfe", b'{"source": "x"}'):

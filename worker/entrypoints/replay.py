@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from engines import Engine
 from worker.delivery.outbox import AlertOutbox
+from worker.kafka_security import client_options
 from worker.settings import Settings
 from worker.stages.decode import decode
 from worker.stages.persist import PersistStage
@@ -122,10 +123,12 @@ async def replay(
     group = replay_group(settings, topic, start, end, engine.model_version)
     report = ReplayReport(group=group)
     brokers = bootstrap_servers(settings.kafka.url)
-    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=group, enable_auto_commit=False)
-    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=True)
+    security = client_options(settings.kafka)
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=group, enable_auto_commit=False, **security)
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=True, **security)
     database = make_engine(settings.store.url)
-    outbox = AlertOutbox(database, settings.webhooks, kafka_url=settings.kafka.url, topic=settings.topic("alerts"))
+    outbox = AlertOutbox(database, settings.webhooks, kafka_url=settings.kafka.url, topic=settings.topic("alerts"),
+                         kafka_options=security)
     subscriptions = LiveSubscriptions(SubscriptionRepository(database), settings.store.subscriptions_refresh_s)
     persist = PersistStage(database, settings.store, subscriptions, deliver_webhooks=deliver_webhooks)
     score = build_score_stage(engine, settings.pipeline, settings.cache, cache_prefix=settings.redis_prefix)

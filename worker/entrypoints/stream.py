@@ -28,6 +28,7 @@ from engines import Engine
 from worker import metrics
 from worker.backoff import Backoff
 from worker.delivery.outbox import AlertOutbox
+from worker.kafka_security import client_options, faust_credentials
 from worker.settings import Settings
 from worker.stages.decode import decode, decode_scored
 from worker.stages.persist import PersistStage
@@ -63,6 +64,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=kafka.url,
+        broker_credentials=faust_credentials(kafka),
         store="memory://",
         autodiscover=False,
         key_serializer="raw",
@@ -157,7 +159,9 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         """Publish stored alerts to <ns>.alerts and POST their webhooks (worker/delivery/outbox.py)."""
         database = make_engine(settings.store.url)
         try:
-            await AlertOutbox(database, settings.webhooks, kafka_url=kafka.url, topic=settings.topic("alerts")).run()
+            outbox = AlertOutbox(database, settings.webhooks, kafka_url=kafka.url, topic=settings.topic("alerts"),
+                                 kafka_options=client_options(kafka))
+            await outbox.run()
         finally:
             await asyncio.shield(database.dispose())
 

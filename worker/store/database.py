@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,19 @@ def make_engine(url: str) -> AsyncEngine:
         raise ValueError(
             f"unsupported database {engine.dialect.name!r}: use postgresql+asyncpg:// or sqlite+aiosqlite://"
         )
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        _owner_only(Path(engine.url.database))
     return engine
+
+
+def _owner_only(path: Path) -> None:
+    """SQLite would make its file with the umask, often world-readable; its journal and WAL copy the file's mode."""
+    if not path.parent.is_dir():
+        return  # SQLite itself says it cannot open the file
+    path.touch(mode=0o600)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077 and path.stat().st_uid == os.geteuid():
+        path.chmod(mode & 0o700)  # one made before this, readable by every local user
 
 
 def upsert_insert(engine_or_dialect: AsyncEngine | str) -> Insert:

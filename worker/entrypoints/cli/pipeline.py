@@ -71,13 +71,22 @@ def produce(
 ) -> None:
     """Send each line of FILE, byte for byte, to the docs topic (malformed lines too: they test the DLQ)."""
     from kafka import KafkaProducer
+    from kafka.errors import KafkaError
 
+    from worker.kafka_security import client_options
     from worker.topics import bootstrap_servers
 
     settings = Settings.from_env()
     target = topic or settings.topic("docs")
     lines = [line.rstrip(b"\r\n") for line in file.read_bytes().splitlines() if line.strip()]
-    producer = KafkaProducer(bootstrap_servers=bootstrap_servers(settings.kafka.url), acks="all", linger_ms=5)
+    try:
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap_servers(settings.kafka.url), acks="all", linger_ms=5, **client_options(settings.kafka)
+        )
+    except KafkaError as exc:  # e.g. a refused SASL login: kafka-python logs why, then times out
+        err.print(f"Kafka at {settings.kafka.url} ({settings.kafka.security_protocol}) failed: {exc!r}", style="red",
+                  markup=False, highlight=False)
+        raise typer.Exit(1) from exc
     interval = 1.0 / rate if rate > 0 else 0.0
     with progress() as bar:
         task = bar.add_task(f"→ {target}", total=len(lines))
