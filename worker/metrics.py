@@ -22,3 +22,8 @@ STORE_UP = Gauge("finpulse_store_up", "1 after a successful SQL write, 0 while w
 ALERTS_FIRED = Counter("finpulse_alerts_fired_total", "Alerts stored (each once per subscription, key and window)", ["rule"])
 ALERTS_PUBLISHED = Counter("finpulse_alerts_published_total", "Alerts sent to the alerts topic")
 WEBHOOK_POSTS = Counter("finpulse_webhook_posts_total", "Webhook POST attempts", ["outcome"])
+STALLED = Gauge("finpulse_stalled", "1 while a part of the worker is stuck (retrying, or a partition paused); see /health", ["component"])
+PARTITIONS_PAUSED = Gauge("finpulse_partitions_paused", "Partitions paused on a record batch the consumer cannot decode", ["topic"])
+UNDECODABLE_BATCHES = Counter(
+    "finpulse_undecodable_batches_total", "Record batches no codec here can read (each pauses its partition)", ["topic"]
+)

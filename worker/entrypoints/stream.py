@@ -9,7 +9,9 @@ Offsets: the agents read with Faust's `noack_take`, which leaves acking to us, a
 a batch's events only after its outputs are sent or written. So Faust never commits
 past unfinished work, even if a batch is interrupted by shutdown or a rebalance (plain
 `take()` acks in a `finally`). A batch never raises: failures are retried inside the
-stages or come back as rejects, which go to the DLQ.
+stages or come back as rejects, which go to the DLQ. A part that is stuck retrying says so
+on `/health` (worker/health.py); a batch the consumer cannot decode pauses only its
+partition (worker/entrypoints/guarded_app.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from engines import Engine
 from worker import metrics
 from worker.backoff import Backoff
 from worker.delivery.outbox import AlertOutbox
+from worker.entrypoints.guarded_app import GuardedApp
 from worker.kafka_security import client_options, faust_credentials
 from worker.settings import Settings
 from worker.stages.decode import decode, decode_scored
@@ -61,7 +64,7 @@ def ack(events: Sequence[EventT]) -> None:
 
 def create_app(settings: Settings, engine: Engine) -> faust.App:
     kafka = settings.kafka
-    app = faust.App(
+    app = GuardedApp(
         settings.app_id,
         broker=kafka.url,
         broker_credentials=faust_credentials(kafka),
@@ -92,17 +95,20 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         """One send. A record the producer refuses for good (too large) comes back, so it cannot end the
         batch; anything else (the broker is away) is retried with back-off while the batch waits unacked."""
         attempt = 0
+        name = topic.get_topic_name()
         while True:
             try:
                 await topic.send(key=key, value=value)
+                app.readiness.recovered(f"send {name}")
                 return None
             except REFUSED_RECORDS as exc:
-                metrics.SEND_FAILURES.labels(topic.get_topic_name()).inc()
+                metrics.SEND_FAILURES.labels(name).inc()
                 return exc
             except Exception as exc:  # noqa: BLE001 - transient: hold the batch, as for a SQL outage
                 delay = send_backoff.delay(attempt)
                 attempt += 1
-                log.warning("send to %s failed (%r); retrying in %.1fs", topic.get_topic_name(), exc, delay)
+                app.readiness.trouble(f"send {name}", f"send failing, retry {attempt}: {type(exc).__name__}: {exc}")
+                log.warning("send to %s failed (%r); retrying in %.1fs", name, exc, delay)
                 await asyncio.sleep(delay)
 
     async def dead_letter(rejects: Sequence[Reject]) -> None:
@@ -142,7 +148,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         """Store each batch durably, emit the recomputed windows, then ack."""
         database = make_engine(settings.store.url)
         subscriptions = LiveSubscriptions(SubscriptionRepository(database), settings.store.subscriptions_refresh_s)
-        stage = PersistStage(database, settings.store, subscriptions)
+        stage = PersistStage(database, settings.store, subscriptions, readiness=app.readiness)
         try:
             async for events in stream.noack_take(kafka.persist_batch_max, within=kafka.persist_batch_wait_ms / 1000):
                 decoded = decode_scored([record_of(e) for e in events])
@@ -171,6 +177,13 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "model_version": engine.model_version, "backend": engine.backend})
+        """Readiness: 200 while every part makes progress, 503 naming what is stuck and why."""
+        report = app.readiness.report() | {"model_version": engine.model_version, "backend": engine.backend}
+        return web.json(report, status=200 if report["status"] == "ok" else 503)
+
+    @app.page("/live")
+    async def live(web: Any, request: Any) -> Any:
+        """Liveness: the event loop answers (a stuck stage is not ready, but restarting it would not help)."""
+        return web.json({"status": "ok"})
 
     return app

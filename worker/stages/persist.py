@@ -30,6 +30,7 @@ from schemas.alerts import Subscription
 from schemas.news import ScoredItem
 from worker import metrics
 from worker.backoff import Backoff, is_permanent
+from worker.health import Readiness
 from worker.settings import StoreSettings
 from worker.stages import rules
 from worker.stages.records import Accepted, Reject
@@ -56,13 +57,16 @@ class PersistStage:
         subscriptions: LiveSubscriptions | None = None,
         *,
         deliver_webhooks: bool = True,
+        readiness: Readiness | None = None,
     ) -> None:
-        """deliver_webhooks=False stores the alerts it fires as `suppressed` (a replay with --no-webhooks)."""
+        """deliver_webhooks=False stores the alerts it fires as `suppressed` (a replay with --no-webhooks).
+        readiness: where a write that keeps failing is reported, so /health says the stage is stuck."""
         self.database = database
         self.windows = tuple(settings.windows)
         self.backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self.subscriptions = subscriptions
         self.deliver_webhooks = deliver_webhooks
+        self.readiness = readiness or Readiness()
 
     async def __call__(self, batch: Sequence[Accepted[ScoredItem]]) -> Persisted:
         """Store the batch durably (see the module's docstring); never raises for a row the database refuses."""
@@ -103,6 +107,7 @@ class PersistStage:
                 result.aggregates += await self.write([a.value for a in batch], watching)
                 result.stored += len(batch)
                 metrics.STORE_UP.set(1)
+                self.readiness.recovered("persist")
                 return
             except Exception as exc:  # noqa: BLE001 - classified below
                 if is_permanent(exc):
@@ -112,8 +117,10 @@ class PersistStage:
                 attempt += 1
                 metrics.STORE_UP.set(0)
                 metrics.STORE_RETRIES.inc()
+                self.readiness.trouble("persist", f"SQL write failing, retry {attempt}: {_short(exc)}")
                 log.warning("SQL write of %d rows failed (%s); retrying in %.1fs", len(batch), _short(exc), delay)
                 await asyncio.sleep(delay)
+        self.readiness.recovered("persist")  # the database answers: it refused rows, which are isolated below
         if len(batch) == 1:
             log.error("SQL store rejected document %s: %s", batch[0].value.id, _short(refused))
             result.rejected.append(Reject(batch[0].record, "store_rejected", str(refused)[:500], stage="persist"))

@@ -1,0 +1,131 @@
+"""The worker's Faust app: one unreadable record batch pauses its partition instead of killing the worker.
+
+aiokafka decodes record batches only when the Faust fetcher drains them. A batch in a codec whose
+library is missing here, or one that fails its CRC, raises out of that drain, Faust's consumer
+crashes, and after every restart it meets the same batch again: no partition is consumed any
+more. Records drained from other partitions in the same call are lost on the way, too, since
+their positions have already moved on.
+
+So this consumer drains one partition at a time. A partition whose batch cannot be read is
+paused, named on `/health` (not ready, with the reason) and counted in
+`finpulse_undecodable_batches_total`; the other partitions go on. Its offset is not committed
+past the batch, so once the worker can read it (the codec installed) a restart resumes there.
+Written against faust-streaming 0.15's aiokafka driver, whose `_fetch_records` it replaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from aiokafka.errors import ConsumerStoppedError, CorruptRecordException, UnsupportedCodecError
+from aiokafka.structs import TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from worker import metrics
+from worker.health import Readiness
+
+log = logging.getLogger(__name__)
+UNREADABLE = (UnsupportedCodecError, CorruptRecordException)
+RecordMap = dict[TP, list[Any]]
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread, draining partitions one by one (see the module's docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.paused_on: dict[TP, str] = {}
+        self._published: set[TP] = set()
+
+    async def _fetch_records(
+        self, consumer: Any, active_partitions: set[TP], timeout: float | None = None, max_records: int | None = None
+    ) -> RecordMap:
+        if not self.consumer.flow_active:
+            return {}
+        fetcher = consumer._fetcher
+        if consumer._closed or fetcher._closed:
+            raise ConsumerStoppedError()
+        self._forget_unassigned(consumer)
+        partitions = [tp for tp in active_partitions or () if tp not in self.paused_on]
+        with fetcher._subscriptions.fetch_context():
+            drained = await self._drain(consumer, partitions, max_records)
+            if drained or not timeout:
+                return drained
+            # Nothing buffered: wait for the next fetch to land, as aiokafka's fetched_records does.
+            waiter = fetcher._create_fetch_waiter()
+            done, pending = await asyncio.wait([waiter], timeout=timeout)
+            for future in pending:
+                future.cancel()
+            return await self._drain(consumer, partitions, max_records) if done else {}
+
+    async def _drain(self, consumer: Any, partitions: list[TP], max_records: int | None) -> RecordMap:
+        drained: RecordMap = {}
+        for tp in partitions:
+            if max_records is not None and max_records <= 0:
+                break
+            try:
+                records = (await consumer._fetcher.fetched_records({tp}, timeout=0, max_records=max_records)).get(tp)
+            except UNREADABLE as exc:
+                await self._pause(consumer, tp, exc)
+                continue
+            if records:
+                drained[tp] = records
+                if max_records is not None:
+                    max_records -= len(records)
+        return drained
+
+    async def _pause(self, consumer: Any, tp: TP, exc: BaseException) -> None:
+        kafka_tp = TopicPartition(tp.topic, tp.partition)  # aiokafka checks the type; Faust's TP is its own
+        position = await consumer.position(kafka_tp)
+        detail = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+        reason = f"paused at offset {position}: {detail}"
+        self.paused_on[tp] = reason
+        consumer.pause(kafka_tp)
+        metrics.UNDECODABLE_BATCHES.labels(tp.topic).inc()
+        self._publish()
+        log.error("partition %s[%d] %s; the other partitions go on (restart once the batch can be read)",
+                  tp.topic, tp.partition, reason)
+
+    def _forget_unassigned(self, consumer: Any) -> None:
+        """A partition that moved to another worker is no longer this worker's problem."""
+        assigned = consumer.assignment()
+        gone = [tp for tp in self.paused_on if tp not in assigned]
+        for tp in gone:
+            del self.paused_on[tp]
+        if gone:
+            self._publish()
+
+    def _publish(self) -> None:
+        """Show the paused partitions on /health and in the gauge (this runs in the consumer's thread)."""
+        readiness: Readiness = self.consumer.app.readiness
+        for tp in self._published - self.paused_on.keys():
+            readiness.recovered(f"partition {tp.topic}[{tp.partition}]")
+        for tp, reason in self.paused_on.items():
+            readiness.trouble(f"partition {tp.topic}[{tp.partition}]", reason)
+        for topic in {tp.topic for tp in self._published | self.paused_on.keys()}:
+            metrics.PARTITIONS_PAUSED.labels(topic).set(sum(tp.topic == topic for tp in self.paused_on))
+        self._published = set(self.paused_on)
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class GuardedApp(faust.App):
+    """faust.App whose Kafka consumer pauses a partition on an unreadable batch; `readiness` backs /health."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.readiness = Readiness()
+
+    def _new_transport(self) -> _Transport:
+        return _Transport(self.conf.broker_consumer, self)
