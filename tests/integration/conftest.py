@@ -3,6 +3,11 @@
 Each test gets its own namespace (topics, consumer group, Redis prefix) and its own
 PostgreSQL database, so tests never see each other's data. Without the services the
 tests skip on a laptop but fail on CI (CI=true), where a missing service is a bug.
+
+The services' passwords come from their own state (`ops.services.client_env()`: the
+credentials file under FINPULSE_SERVICES_DIR, with the FINPULSE_*_PORT overrides), so the
+tests and the workers they start run with authentication on; FINPULSE_TEST_KAFKA,
+FINPULSE_TEST_REDIS_URL and FINPULSE_TEST_POSTGRES_DSN override them whole.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,14 +34,18 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from ops import services as local_services
 from worker.settings import Settings
 from worker.store.database import upgrade
 from worker.topics import STAGES, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
-KAFKA = os.environ.get("FINPULSE_TEST_KAFKA", "127.0.0.1:9092")
-REDIS_URL = os.environ.get("FINPULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_DSN = os.environ.get("FINPULSE_TEST_POSTGRES_DSN", "postgresql://finpulse@127.0.0.1:5432/finpulse")
+LOCAL = local_services.client_env()
+KAFKA = os.environ.get("FINPULSE_TEST_KAFKA", LOCAL["FINPULSE_KAFKA_URL"].split("://", 1)[1])
+REDIS_URL = os.environ.get("FINPULSE_TEST_REDIS_URL", LOCAL["FINPULSE_REDIS_URL"])
+PG_DSN = os.environ.get(
+    "FINPULSE_TEST_POSTGRES_DSN", LOCAL["FINPULSE_DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,19 +57,35 @@ def _port_open(host_port: str) -> bool:
         return sock.connect_ex((host, int(port))) == 0
 
 
+def _shown(url: str) -> str:
+    """URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
 def _missing_services() -> list[str]:
     missing = []
     if not _port_open(KAFKA):
         missing.append(f"Kafka at {KAFKA}")
     try:
         redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
-    except redis.RedisError:
-        missing.append(f"Redis at {REDIS_URL}")
+    except redis.RedisError as exc:
+        missing.append(f"Redis at {_shown(REDIS_URL)} ({exc})")
     try:
         asyncio.run(_pg_execute(PG_DSN, "SELECT 1"))
-    except (OSError, asyncpg.PostgresError):
-        missing.append(f"PostgreSQL at {PG_DSN}")
+    except (OSError, asyncpg.PostgresError) as exc:
+        missing.append(f"PostgreSQL at {_shown(PG_DSN)} ({exc})")
     return missing
+
+
+def kafka_sasl_env(mechanism: str) -> dict[str, str]:
+    """The worker's Kafka settings for the local SASL_SSL listener with MECHANISM; empty before passwords."""
+    try:
+        env = local_services.client_env(kafka_sasl=True)
+    except local_services.ServiceError:
+        return {}
+    return {name: value for name, value in env.items() if name.startswith("FINPULSE_KAFKA_")} | {
+        "FINPULSE_KAFKA_SASL_MECHANISM": mechanism
+    }
 
 
 async def _pg_execute(dsn: str, sql: str) -> None:
@@ -117,8 +143,6 @@ def database(services: None) -> Iterator[Database]:
     asyncio.run(_pg_execute(PG_DSN, f'CREATE DATABASE "{db.name}"'))
     upgrade(db.url)
     yield db
-    from ops import services as local_services
-
     if local_services.is_running("postgres"):
         asyncio.run(_pg_execute(PG_DSN, f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)'))
 
@@ -168,15 +192,19 @@ class Worker:
                     total += sample.value
         return total
 
-    def stop(self) -> None:
-        if self.running:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self, timeout: float = 30) -> bool:
+        """SIGTERM, then SIGKILL after `timeout`; True if the worker stopped on SIGTERM (or had already)."""
+        if not self.running:
+            return True
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return False
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
