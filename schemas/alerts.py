@@ -83,8 +83,11 @@ class SubscriptionSpec(BaseModel):
 
 
 class Subscription(SubscriptionSpec):
-    """A stored subscription. `webhook_secret` is only ever shown when it is created."""
+    """A stored subscription, as shown. `webhook_secret` is only ever shown when it is created."""
 
+    webhook_url: str | None = Field(  # type: ignore[assignment]
+        None, description="Redacted: scheme, host, port and a short first path segment; `…` marks what is not shown"
+    )
     id: str
     created_at: datetime
     updated_at: datetime

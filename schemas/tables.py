@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -107,7 +108,7 @@ class SubscriptionRow(Base):
     rule: Mapped[dict[str, Any]] = mapped_column(JSON)
     cooldown_s: Mapped[int] = mapped_column(Integer, default=0)
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
-    webhook_secret: Mapped[str | None] = mapped_column(String(256))
+    webhook_secret: Mapped[str | None] = mapped_column(String(1024), doc="`fernet:<token>`, or `plain:<secret>` from before 0004")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -154,3 +155,22 @@ class AlertRow(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiTokenRow(Base):
+    """An API bearer token, by its SHA-256 (the token itself is shown once and never stored)."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        Index("uq_api_tokens_active_name", "name", unique=True,
+              postgresql_where=text("revoked_at IS NULL"), sqlite_where=text("revoked_at IS NULL")),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16), doc="The token's first characters, to recognise it in a list")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, doc="Hex SHA-256 of the token")
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -6,6 +6,17 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
+from worker.security.secret_box import generate_key
+
+SECRET_KEY = generate_key()
+# What a worker needs to deliver here: plain http to 127.0.0.1 on a random port, and a key for the secrets.
+RECEIVER_ENV = {
+    "FINPULSE_WEBHOOK_ALLOW_PRIVATE": "true",
+    "FINPULSE_WEBHOOK_ALLOW_HTTP": "true",
+    "FINPULSE_WEBHOOK_ALLOWED_PORTS": "1024-65535",
+    "FINPULSE_SECRET_KEYS": SECRET_KEY,
+}
+
 
 class Receiver:
     def __init__(self, failures: int = 0) -> None:

@@ -149,12 +149,41 @@ class StoreSettings(Section):
     subscriptions_refresh_s: float = env("SUBSCRIPTIONS_REFRESH_S", 2.0, "Workers reload alert subscriptions this often, s", gt=0, le=3600)
 
 
+def _names(value: Any) -> Any:
+    """`a, b` from the environment (None if empty); a list from code."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()] or None
+    return value
+
+
+def _port_ranges(value: list[str]) -> list[str]:
+    for part in value:
+        low, _, high = part.partition("-")
+        if not (low.isdigit() and (high or low).isdigit() and 1 <= int(low) <= int(high or low) <= 65_535):
+            raise ValueError(f"needs ports or port ranges within 1-65535 (`443`, `8000-8999`), got {part!r}")
+    return value
+
+
+Names = Annotated[list[str], BeforeValidator(_names)]
+OptionalNames = Annotated[list[str] | None, BeforeValidator(_names)]
+PortRanges = Annotated[list[str], BeforeValidator(_names), AfterValidator(_port_ranges)]
+
+
 class WebhookSettings(Section):
     """The alerts outbox: the alerts topic and signed webhooks."""
 
     outbox_interval_s: float = env("OUTBOX_INTERVAL_S", 0.5, "How often fired alerts are published and POSTed, s", gt=0, le=3600)
     allow_private: bool = env(
         "WEBHOOK_ALLOW_PRIVATE", False, "Allow webhooks to private, loopback and link-local addresses (SSRF: refused by default)"
+    )
+    allow_http: bool = env("WEBHOOK_ALLOW_HTTP", False, "Allow plain `http://` webhooks (default: https only)")
+    allowed_ports: PortRanges = env(
+        "WEBHOOK_ALLOWED_PORTS", ["443", "80"], "Ports a webhook URL may name: ports and ranges (`443,8000-8999`)", min_length=1
+    )
+    secret_keys: OptionalNames = env(
+        "SECRET_KEYS", None,
+        "Fernet keys for webhook secrets at rest, comma-separated: the first encrypts, all decrypt"
+        " (`finpulse secrets generate-key`); unset = webhooks refused",
     )
     timeout_s: float = env("WEBHOOK_TIMEOUT_S", 5.0, "Timeout of one webhook POST, s", gt=0, le=300)
     max_attempts: int = env("WEBHOOK_MAX_ATTEMPTS", 8, "POSTs per alert before its delivery is marked failed", ge=1, le=100)
@@ -165,9 +194,17 @@ class WebhookSettings(Section):
 class ApiSettings(Section):
     """`finpulse api`."""
 
-    token: OptionalText = env("API_TOKEN", None, "Bearer token for API writes; unset = writes refused")
+    token: OptionalText = env(
+        "API_TOKEN", None,
+        "Bootstrap bearer token with every scope, at least 32 characters; others come from `finpulse tokens create`",
+    )
     host: str = env("API_HOST", "127.0.0.1", "Interface of `finpulse api`")
     port: int = env("API_PORT", 8000, "Port of `finpulse api`", ge=1, le=65535)
+    allowed_hosts: Names = env(
+        "API_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"],
+        "Host headers the API answers (DNS rebinding); `*.example.com` matches subdomains, `*` any host", min_length=1,
+    )
+    max_body_bytes: int = env("API_MAX_BODY_BYTES", 65_536, "Largest request body, bytes (413 above)", ge=1024, le=16_777_216)
 
 
 class Settings(Section):

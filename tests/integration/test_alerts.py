@@ -24,8 +24,9 @@ from engines import load_engine
 from engines.modeling import BertForSentimentAndTopic
 from engines.training.tiny import build_tiny_checkpoint
 from schemas.alerts import Alert, Rule, SubscriptionSpec
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import RECEIVER_ENV, SECRET_KEY, Receiver
 from worker.delivery.webhooks import verify_signature
+from worker.security.secret_box import SecretBox
 from worker.store.subscriptions import open_repository
 
 from .conftest import Pipeline, assert_aggregates_match_documents, wait_for
@@ -100,7 +101,7 @@ def receiver():
     r.close()
 
 
-@pytest.mark.worker_env(FINPULSE_WEBHOOK_ALLOW_PRIVATE="true", FINPULSE_WEBHOOK_RETRY_INITIAL_S="0.2")
+@pytest.mark.worker_env(**RECEIVER_ENV, FINPULSE_WEBHOOK_RETRY_INITIAL_S="0.2")
 def test_a_scripted_spike_fires_exactly_the_expected_alerts(
     pipeline: Pipeline, tiny_model: Path, receiver: Receiver
 ) -> None:
@@ -166,7 +167,7 @@ async def _subscriptions(pipeline: Pipeline, rule: Any, hook: str) -> tuple[str,
             rule=rule({"type": "threshold", "metric": "negative_ratio", "value": 0.9, "min_count": 13}),
         ),
     ]
-    async with open_repository(pipeline.db.url) as repository:
+    async with open_repository(pipeline.db.url, SecretBox([SECRET_KEY])) as repository:
         created = [await repository.create(spec) for spec in specs]
     return created[0].id, created[1].id, created[2].id, created[0].webhook_secret or ""
 

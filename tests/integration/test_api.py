@@ -1,36 +1,68 @@
-"""The HTTP API against a real, migrated PostgreSQL database."""
+"""The HTTP API against a real, migrated PostgreSQL database: tokens and scopes, the body limit, allowed
+hosts, redacted webhook URLs and encrypted webhook secrets, and the routes themselves."""
 
 from __future__ import annotations
 
+import hashlib
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from worker.entrypoints.api import create_api
+from worker.entrypoints.cli import cli
+from worker.security.secret_box import SecretBox, generate_key
 from worker.settings import Settings
 
-from .conftest import Database
+from .conftest import Database, _free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "s3cret-token"
+TOKEN = "bootstrap-token-of-at-least-32-characters"  # FINPULSE_API_TOKEN: every scope
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-PUBLIC_HOOK = "http://93.184.216.34/hook"  # a global address literal: no DNS needed
+KEY = generate_key()  # FINPULSE_SECRET_KEYS
+PUBLIC_HOOK = "https://93.184.216.34/hook"  # a global address literal: no DNS needed
 SPIKE = {"type": "spike", "metric": "negative_count", "threshold": 3}
 
 
-def _client(database: Database, **overrides: Any) -> TestClient:
-    """A client of the API on `database`; `overrides` are FINPULSE_* settings, read as the process would."""
-    environ = {"FINPULSE_DATABASE_URL": database.url, "FINPULSE_API_TOKEN": TOKEN, **overrides}
-    return TestClient(create_api(Settings.from_env(environ, env_file=None)))
+def _settings(database: Database, **overrides: Any) -> Settings:
+    """FINPULSE_* settings on `database`, read as the process would."""
+    environ = {"FINPULSE_DATABASE_URL": database.url, "FINPULSE_API_TOKEN": TOKEN, "FINPULSE_SECRET_KEYS": KEY, **overrides}
+    return Settings.from_env(environ, env_file=None)
+
+
+def _client(database: Database, headers: dict[str, str] | None = AUTH, **overrides: Any) -> TestClient:
+    """A client of the API on `database`, as localhost, sending `headers` (the bootstrap token) with every request."""
+    return TestClient(create_api(_settings(database, **overrides)), base_url="http://localhost", headers=headers)
 
 
 @pytest.fixture
 def client(database: Database) -> Iterator[TestClient]:
     with _client(database) as c:  # one event loop for the engine's pool
         yield c
+
+
+@pytest.fixture
+def anonymous(database: Database) -> Iterator[TestClient]:
+    with _client(database, headers=None) as c:
+        yield c
+
+
+def make_token(database: Database, name: str, *scopes: str) -> str:
+    """`finpulse tokens create`: the token is the one line on standard output."""
+    args = ["tokens", "create", name, *(f"--scope={scope}" for scope in scopes)]
+    result = CliRunner().invoke(cli, args, env={"FINPULSE_DATABASE_URL": database.url})
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def spec(**changes: Any) -> dict[str, Any]:
@@ -43,7 +75,7 @@ def test_health(client: TestClient) -> None:
 
 def test_health_without_a_store_is_503() -> None:
     settings = Settings.from_env({"FINPULSE_DATABASE_URL": "postgresql+asyncpg://finpulse@127.0.0.1:1/none"}, env_file=None)
-    with TestClient(create_api(settings)) as client:
+    with TestClient(create_api(settings), base_url="http://localhost") as client:
         response = client.get("/health")
     assert response.status_code == 503
     assert response.json()["detail"].startswith("SQL store unreachable")
@@ -87,51 +119,215 @@ def test_unknown_ids_are_404(client: TestClient) -> None:
         assert response.json() == {"detail": "no subscription 'nope'"}
 
 
-def test_webhook_secret_is_shown_once(client: TestClient, database: Database) -> None:
+def test_webhook_secret_is_shown_once_and_stored_encrypted(client: TestClient, database: Database) -> None:
     created = client.post("/subscriptions", json=spec(webhook_url=PUBLIC_HOOK), headers=AUTH).json()
     secret = created["webhook_secret"]
     assert isinstance(secret, str) and len(secret) >= 32
     sid = created["id"]
     assert client.get(f"/subscriptions/{sid}").json()["webhook_secret"] is None
     assert [s["webhook_secret"] for s in client.get("/subscriptions").json()] == [None]
+    stored = database.fetch(f"SELECT webhook_secret FROM subscriptions WHERE id = '{sid}'")[0][0]
+    assert stored.startswith("fernet:") and secret not in stored
+    assert SecretBox([KEY]).open(stored) == secret
     # Replacing keeps the secret and does not show it again; the workers still have it.
     replaced = client.put(f"/subscriptions/{sid}", json=spec(webhook_url=PUBLIC_HOOK, cooldown_s=60), headers=AUTH).json()
     assert replaced["webhook_secret"] is None
-    assert database.fetch(f"SELECT webhook_secret FROM subscriptions WHERE id = '{sid}'")[0][0] == secret
+    assert database.fetch(f"SELECT webhook_secret FROM subscriptions WHERE id = '{sid}'")[0][0] == stored
 
     given = "a-secret-of-my-own-choosing"
     mine = client.post("/subscriptions", json=spec(webhook_url=PUBLIC_HOOK, webhook_secret=given), headers=AUTH).json()
     assert mine["webhook_secret"] == given
     assert client.get(f"/subscriptions/{mine['id']}").json()["webhook_secret"] is None
+    again = client.put(f"/subscriptions/{mine['id']}", json=spec(webhook_url=PUBLIC_HOOK, webhook_secret=given + "-2")).json()
+    assert again["webhook_secret"] == given + "-2"  # a new one is shown once
+    stored = database.fetch(f"SELECT webhook_secret FROM subscriptions WHERE id = '{mine['id']}'")[0][0]
+    assert SecretBox([KEY]).open(stored) == given + "-2"
 
 
-def test_writes_need_the_token(client: TestClient) -> None:
-    missing = client.post("/subscriptions", json=spec())
+def test_without_a_secret_key_webhooks_are_refused(database: Database) -> None:
+    with _client(database, FINPULSE_SECRET_KEYS="") as client:
+        refused = client.post("/subscriptions", json=spec(webhook_url=PUBLIC_HOOK))
+        assert refused.status_code == 503
+        detail = refused.json()["detail"]
+        assert "FINPULSE_SECRET_KEYS" in detail and "finpulse secrets generate-key" in detail
+        assert client.post("/subscriptions", json=spec()).status_code == 201  # no webhook, no secret
+        assert len(client.get("/subscriptions").json()) == 1
+
+
+def test_webhook_urls_are_shown_redacted(client: TestClient, database: Database) -> None:
+    url = "https://alice:pa55word@93.184.216.34/hooks/finpulse?apikey=k3y"
+    created = client.post("/subscriptions", json=spec(webhook_url=url))
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    for shown in (created.json(), client.get(f"/subscriptions/{sid}").json(), client.get("/subscriptions").json()[0]):
+        assert shown["webhook_url"] == "https://93.184.216.34/hooks/…"
+    for response in (created, client.get("/subscriptions")):
+        assert "pa55word" not in response.text and "k3y" not in response.text and "alice" not in response.text
+    assert database.fetch("SELECT webhook_url FROM subscriptions")[0][0] == url  # the workers still have all of it
+
+
+def test_every_route_but_health_needs_a_token(anonymous: TestClient) -> None:
+    for response in (
+        anonymous.get("/subscriptions"),
+        anonymous.get("/subscriptions/x"),
+        anonymous.get("/aggregates", params={"key_type": "entity", "key": "TSLA"}),
+        anonymous.get("/alerts"),
+        anonymous.get("/nowhere"),
+        anonymous.get("/alerts", headers={"Authorization": "Basic dXNlcjpwYXNz"}),
+    ):
+        assert response.status_code == 401, response.url
+        assert response.json()["detail"].startswith("missing API token")
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert anonymous.get("/health").status_code == 200
+    assert anonymous.get("/openapi.json").status_code == 200
+
+
+def test_writes_need_the_token(anonymous: TestClient) -> None:
+    missing = anonymous.post("/subscriptions", json=spec())
     assert missing.status_code == 401
     assert missing.json()["detail"].startswith("missing API token")
     assert missing.headers["WWW-Authenticate"].startswith("Bearer")
 
-    for headers in ({"Authorization": "Bearer wrong-token"}, {"Authorization": f"Bearer {TOKEN}x"}):
-        wrong = client.post("/subscriptions", json=spec(), headers=headers)
+    for headers in (bearer("wrong-token"), bearer(TOKEN + "x"), bearer(TOKEN[:-1]), bearer("fp_" + "x" * 43)):
+        wrong = anonymous.post("/subscriptions", json=spec(), headers=headers)
         assert wrong.status_code == 401
         assert wrong.json() == {"detail": "invalid API token"}
+        assert wrong.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
 
-    sid = client.post("/subscriptions", json=spec(), headers=AUTH).json()["id"]
-    assert client.put(f"/subscriptions/{sid}", json=spec()).status_code == 401
-    assert client.delete(f"/subscriptions/{sid}", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert client.get(f"/subscriptions/{sid}").status_code == 200  # reads are open
+    sid = anonymous.post("/subscriptions", json=spec(), headers=AUTH).json()["id"]
+    assert anonymous.put(f"/subscriptions/{sid}", json=spec()).status_code == 401
+    assert anonymous.delete(f"/subscriptions/{sid}", headers=bearer("nope")).status_code == 401
+    assert anonymous.get(f"/subscriptions/{sid}", headers=AUTH).status_code == 200
 
 
-def test_writes_are_disabled_without_a_configured_token(database: Database) -> None:
-    with _client(database, FINPULSE_API_TOKEN="") as client:
-        for response in (
-            client.post("/subscriptions", json=spec(), headers=AUTH),
-            client.post("/subscriptions", json=spec()),
-            client.delete("/subscriptions/x", headers=AUTH),
-        ):
-            assert response.status_code == 503
-            assert response.json() == {"detail": "writes are disabled: set FINPULSE_API_TOKEN"}
-        assert client.get("/subscriptions").json() == []
+def test_tokens_have_scopes(anonymous: TestClient, database: Database) -> None:
+    reader = make_token(database, "reader")  # read, the default
+    writer = make_token(database, "writer", "write")
+    both = make_token(database, "both", "read", "write")
+    assert reader.startswith("fp_") and len(reader) >= 40
+    created = anonymous.post("/subscriptions", json=spec(), headers=bearer(writer))
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    assert anonymous.get("/subscriptions", headers=bearer(reader)).status_code == 200
+    assert anonymous.get("/alerts", headers=bearer(both)).status_code == 200
+    for response in (
+        anonymous.post("/subscriptions", json=spec(), headers=bearer(reader)),
+        anonymous.delete(f"/subscriptions/{sid}", headers=bearer(reader)),
+    ):
+        assert response.status_code == 403
+        assert response.json() == {"detail": "this token lacks the 'write' scope"}
+        assert response.headers["WWW-Authenticate"] == 'Bearer error="insufficient_scope", scope="write"'
+    forbidden = anonymous.get("/subscriptions", headers=bearer(writer))
+    assert forbidden.status_code == 403 and forbidden.json() == {"detail": "this token lacks the 'read' scope"}
+    assert anonymous.delete(f"/subscriptions/{sid}", headers=bearer(both)).status_code == 204
+
+
+def test_a_revoked_token_is_refused(anonymous: TestClient, database: Database) -> None:
+    token = make_token(database, "grafana", "read")
+    assert anonymous.get("/alerts", headers=bearer(token)).status_code == 200
+    revoked = CliRunner().invoke(cli, ["tokens", "revoke", "grafana"], env={"FINPULSE_DATABASE_URL": database.url})
+    assert revoked.exit_code == 0, revoked.output
+    refused = anonymous.get("/alerts", headers=bearer(token))
+    assert refused.status_code == 401 and refused.json() == {"detail": "invalid API token"}
+    assert anonymous.get("/alerts", headers=bearer(make_token(database, "grafana", "read"))).status_code == 200  # name free
+
+
+def test_tokens_are_stored_hashed(anonymous: TestClient, database: Database) -> None:
+    token = make_token(database, "ci", "read", "write")
+    assert anonymous.get("/alerts", headers=bearer(token)).status_code == 200
+    [row] = database.fetch("SELECT * FROM api_tokens")
+    assert all(token not in str(value) for value in row.values())
+    assert row["token_hash"] == hashlib.sha256(token.encode()).hexdigest()
+    assert token.startswith(row["prefix"]) and len(row["prefix"]) <= 8
+    assert row["last_used_at"] is not None and row["revoked_at"] is None
+
+
+def test_only_database_tokens_without_a_bootstrap_token(database: Database) -> None:
+    token = make_token(database, "ops", "read")
+    with _client(database, headers=None, FINPULSE_API_TOKEN="") as client:
+        assert client.get("/subscriptions", headers=AUTH).status_code == 401
+        assert client.get("/subscriptions", headers=bearer(token)).json() == []
+
+
+def test_a_short_bootstrap_token_stops_the_api(database: Database) -> None:
+    with pytest.raises(ValueError, match="FINPULSE_API_TOKEN has 12 characters; use at least 32"):
+        create_api(_settings(database, FINPULSE_API_TOKEN="s3cret-token"))
+    result = CliRunner().invoke(cli, ["api"], env={"FINPULSE_DATABASE_URL": database.url, "FINPULSE_API_TOKEN": "short"})
+    assert result.exit_code == 2 and "use at least 32" in result.stderr
+
+
+def test_only_allowed_hosts_are_answered(database: Database) -> None:
+    with _client(database) as client:
+        for host in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000"):
+            assert client.get("/subscriptions", headers={"Host": host}).status_code == 200, host
+        for host in ("attacker.example", "attacker.example:8000", "localhost.attacker.example", "127.0.0.2"):
+            assert client.get("/health", headers={"Host": host}).status_code == 400, host
+            assert client.post("/subscriptions", json=spec(), headers={"Host": host}).status_code == 400
+    with _client(database, FINPULSE_API_ALLOWED_HOSTS="api.internal, *.finpulse.example") as client:
+        assert client.get("/health", headers={"Host": "api.internal"}).status_code == 200
+        assert client.get("/health", headers={"Host": "eu.finpulse.example:443"}).status_code == 200
+        assert client.get("/health", headers={"Host": "localhost"}).status_code == 400
+
+
+@pytest.fixture
+def served(database: Database) -> Iterator[int]:
+    """The API on a real socket (uvicorn), where a body is read only when the app asks for it; returns the port."""
+    port = _free_port()
+    config = uvicorn.Config(create_api(_settings(database)), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 30, "the API listening")
+    yield port
+    server.should_exit = True
+    thread.join(30)
+
+
+def _answer(port: int, head: str, *body: bytes) -> int:
+    """Send a request head and part of a body; return the status of the answer.
+
+    The rest of a declared body is never sent: a server that waited for it would never answer,
+    and the socket's timeout would fail the test.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(head.encode())
+        for part in body:
+            sock.sendall(part)
+        received = b""
+        while b"\r\n" not in received:
+            chunk = sock.recv(4096)
+            assert chunk, f"connection closed without an answer: {received!r}"
+            received += chunk
+    return int(received.split(b" ", 2)[1])
+
+
+def _head(content_length: int | None, token: str | None = None) -> str:
+    lines = ["POST /subscriptions HTTP/1.1", "Host: localhost", "Content-Type: application/json"]
+    lines.append(f"Content-Length: {content_length}" if content_length is not None else "Transfer-Encoding: chunked")
+    lines += [f"Authorization: Bearer {token}"] if token else []
+    return "\r\n".join(lines) + "\r\n\r\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def test_bodies_are_limited_and_not_read_without_a_token(served: int) -> None:
+    declared = 50 * 1024 * 1024
+    assert _answer(served, _head(declared), b"{}") in (401, 413)  # answered with 50 MB still to come
+    assert _answer(served, _head(declared, TOKEN), b"{}") == 413
+    assert _answer(served, _head(None), _chunk(b"x" * 4096)) == 401  # streamed, no length, no token: not read
+    assert _answer(served, _head(None, TOKEN), *[_chunk(b"x" * 32_768)] * 3) == 413  # streamed past 64 KiB
+    body = b'{"name": "n", "key_type": "global", "rule": {"type": "instant"}}'
+    assert _answer(served, _head(len(body), TOKEN), body) == 201  # within the limit: read as before
+
+
+def test_invalid_input_is_not_echoed(client: TestClient) -> None:
+    huge = "x" * 20_000
+    for body in (spec(name=huge), {**spec(), huge: 1}, spec(rule={"type": huge})):
+        response = client.post("/subscriptions", json=body)
+        assert response.status_code == 422
+        assert len(response.content) < 2000, response.text[:300]
 
 
 def _errors(response: Any) -> list[tuple[tuple[Any, ...], str]]:
@@ -173,25 +369,34 @@ def test_malformed_subscriptions_are_refused(client: TestClient) -> None:
     assert client.get("/subscriptions").json() == []
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1/hook", "http://10.0.0.5/", "http://169.254.169.254/", "http://[::1]:8080/x"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1/hook", "http://10.0.0.5/", "http://169.254.169.254/", "http://[::1]:8080/x",
+     "https://[64:ff9b::7f00:1]/", "https://[2002:7f00:1::]/", "https://[::127.0.0.1]/", "https://[::ffff:10.0.0.5]/"],
+)
 def test_webhooks_to_internal_addresses_are_refused(database: Database, url: str) -> None:
-    with _client(database) as client:
-        refused = client.post("/subscriptions", json=spec(webhook_url=url), headers=AUTH)
+    plain_http = {"FINPULSE_WEBHOOK_ALLOW_HTTP": "true", "FINPULSE_WEBHOOK_ALLOWED_PORTS": "80,443,8080"}
+    with _client(database, **plain_http) as client:
+        refused = client.post("/subscriptions", json=spec(webhook_url=url))
         assert refused.status_code == 422
         detail = refused.json()["detail"]
         assert "private, loopback, link-local or reserved" in detail and "FINPULSE_WEBHOOK_ALLOW_PRIVATE" in detail
-        sid = client.post("/subscriptions", json=spec(), headers=AUTH).json()["id"]
-        assert client.put(f"/subscriptions/{sid}", json=spec(webhook_url=url), headers=AUTH).status_code == 422
+        sid = client.post("/subscriptions", json=spec()).json()["id"]
+        assert client.put(f"/subscriptions/{sid}", json=spec(webhook_url=url)).status_code == 422
         assert client.get(f"/subscriptions/{sid}").json()["webhook_url"] is None
-    with _client(database, FINPULSE_WEBHOOK_ALLOW_PRIVATE="true") as client:
-        allowed = client.post("/subscriptions", json=spec(webhook_url=url), headers=AUTH)
+    with _client(database, FINPULSE_WEBHOOK_ALLOW_PRIVATE="true", **plain_http) as client:
+        allowed = client.post("/subscriptions", json=spec(webhook_url=url))
         assert allowed.status_code == 201, allowed.text
         assert allowed.json()["webhook_secret"]
 
 
-def test_webhook_scheme_is_checked(client: TestClient) -> None:
-    refused = client.post("/subscriptions", json=spec(webhook_url="ftp://example.com/x"), headers=AUTH)
+def test_webhook_scheme_and_port_are_checked(client: TestClient) -> None:
+    refused = client.post("/subscriptions", json=spec(webhook_url="ftp://example.com/x"))
     assert _errors(refused)[0][0] == ("body", "webhook_url")
+    plain = client.post("/subscriptions", json=spec(webhook_url="http://93.184.216.34/hook"))
+    assert plain.status_code == 422 and "FINPULSE_WEBHOOK_ALLOW_HTTP" in plain.json()["detail"]
+    port = client.post("/subscriptions", json=spec(webhook_url="https://93.184.216.34:6379/"))
+    assert port.status_code == 422 and "FINPULSE_WEBHOOK_ALLOWED_PORTS" in port.json()["detail"]
 
 
 AGGREGATE_ROWS = [
@@ -293,21 +498,21 @@ def test_alerts(client: TestClient, database: Database) -> None:
     assert client.get("/alerts", params={"limit": 0}).status_code == 422
 
 
-def test_openapi_document(client: TestClient) -> None:
-    doc = client.get("/openapi.json").json()
+def test_openapi_document(anonymous: TestClient) -> None:
+    doc = anonymous.get("/openapi.json").json()
     assert set(doc["paths"]) == {"/health", "/subscriptions", "/subscriptions/{subscription_id}", "/aggregates", "/alerts"}
     assert doc["components"]["securitySchemes"]["HTTPBearer"] == {
-        "type": "http", "scheme": "bearer", "description": "FINPULSE_API_TOKEN; needed for POST, PUT and DELETE"
+        "type": "http", "scheme": "bearer", "description": "A token from `finpulse tokens create`, or FINPULSE_API_TOKEN"
     }
     item = doc["paths"]["/subscriptions/{subscription_id}"]
-    for operation in (doc["paths"]["/subscriptions"]["post"], item["put"], item["delete"]):
+    for operation in (doc["paths"]["/subscriptions"]["post"], item["put"], item["delete"], doc["paths"]["/subscriptions"]["get"],
+                      item["get"], doc["paths"]["/aggregates"]["get"], doc["paths"]["/alerts"]["get"]):
         assert operation["security"] == [{"HTTPBearer": []}]
-        assert "401" in operation["responses"] and "503" in operation["responses"]
-    for operation in (doc["paths"]["/subscriptions"]["get"], item["get"], doc["paths"]["/aggregates"]["get"]):
-        assert "security" not in operation
+        assert {"401", "403"} <= set(operation["responses"])
+    assert "security" not in doc["paths"]["/health"]["get"]
     schemas = doc["components"]["schemas"]
     assert {"SubscriptionSpec", "Subscription", "WindowAggregate", "Alert", "SpikeRule"} <= set(schemas)
     assert doc["paths"]["/alerts"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["items"] == {
         "$ref": "#/components/schemas/Alert"
     }
-    assert client.get("/docs").status_code == 200
+    assert anonymous.get("/docs").status_code == 200

@@ -19,8 +19,9 @@ from pydantic import TypeAdapter
 
 from engines.training.tiny import build_tiny_checkpoint
 from schemas.alerts import Rule, SubscriptionSpec
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import RECEIVER_ENV, SECRET_KEY, Receiver
 from worker.samples import sample_items
+from worker.security.secret_box import SecretBox
 from worker.store.subscriptions import open_repository
 
 from .conftest import ROOT, Pipeline, assert_aggregates_match_documents, wait_for
@@ -68,7 +69,7 @@ def receiver():
     r.close()
 
 
-@pytest.mark.worker_env(FINPULSE_WEBHOOK_ALLOW_PRIVATE="true")
+@pytest.mark.worker_env(**RECEIVER_ENV)
 def test_replay_rescores_a_time_range_beside_the_old_model_resumably_and_idempotently(
     pipeline: Pipeline, tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -116,7 +117,7 @@ def test_replay_rescores_a_time_range_beside_the_old_model_resumably_and_idempot
 
 
 async def _subscribe(database_url: str, spec: SubscriptionSpec) -> None:
-    async with open_repository(database_url) as repository:
+    async with open_repository(database_url, SecretBox([SECRET_KEY])) as repository:
         await repository.create(spec)
 
 

@@ -27,6 +27,7 @@ from worker.delivery.webhooks import (
     post_alert,
     verify_signature,
 )
+from worker.security.secret_box import SecretBox, generate_key
 from worker.settings import StoreSettings, WebhookSettings
 from worker.stages.persist import PersistStage
 from worker.stages.rules import spike_score
@@ -35,6 +36,9 @@ from worker.store.subscriptions import SubscriptionRepository
 
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)  # a window boundary for 60, 300 and 3600 s
 RULE = TypeAdapter(Rule)
+KEY = generate_key()
+# What a test needs to reach tests/webhook_receiver.py: plain http to 127.0.0.1 on a random port.
+LOCAL_RECEIVER = WebhookSettings(allow_private=True, allow_http=True, allowed_ports=["1024-65535"], secret_keys=[KEY])
 
 
 def item(n: int, *, minute: int, entity: str = "TSLA", label: str = "negative", p: float = 0.9) -> ScoredItem:
@@ -69,8 +73,9 @@ async def store(tmp_path: Path):
 
 async def subscribe(store: PersistStage, rule: dict[str, Any], **fields: Any):
     spec = SubscriptionSpec(name="test", key_type="entity", key="TSLA", rule=RULE.validate_python(rule), **fields)
-    created = await SubscriptionRepository(store.database).create(spec)
-    return await SubscriptionRepository(store.database).list(with_secrets=True), created
+    repository = SubscriptionRepository(store.database, SecretBox([KEY]))
+    created = await repository.create(spec)
+    return await repository.list(), created
 
 
 async def alerts(store: PersistStage) -> list[AlertRow]:
@@ -143,14 +148,15 @@ async def test_a_replay_stores_alerts_without_delivering_webhooks(store: Persist
 
 
 def test_private_and_internal_webhook_addresses_are_refused() -> None:
-    for url in ("http://127.0.0.1:8080/hook", "http://10.1.2.3/", "http://169.254.169.254/latest", "http://[::1]/",
+    public = WebhookSettings(allow_http=True)
+    for url in ("http://127.0.0.1/hook", "http://10.1.2.3/", "http://169.254.169.254/latest", "http://[::1]/",
                 "http://localhost/", "http://192.168.0.10/", "ftp://example.com/", "http:///nohost"):
         with pytest.raises(WebhookRefused):
-            check_webhook_url(url, allow_private=False)
-    assert check_webhook_url("http://127.0.0.1:8080/hook", allow_private=True) is None
-    assert check_webhook_url("https://8.8.8.8/hook", allow_private=False) == "8.8.8.8"
+            check_webhook_url(url, public)
+    assert check_webhook_url("http://127.0.0.1:8080/hook", LOCAL_RECEIVER) is None
+    assert check_webhook_url("https://8.8.8.8/hook", WebhookSettings()) == "8.8.8.8"
     with pytest.raises(WebhookUnresolvable):  # refused for a new subscription, retried at delivery
-        check_webhook_url("https://no-such-host.invalid/hook", allow_private=False)
+        check_webhook_url("https://no-such-host.invalid/hook", WebhookSettings())
 
 
 def test_a_webhook_is_posted_to_the_address_that_was_checked() -> None:
@@ -171,7 +177,7 @@ def receiver() -> Iterator[Receiver]:
 async def test_webhooks_are_signed_retried_and_idempotent(store: PersistStage, receiver: Receiver) -> None:
     subs, created = await subscribe(store, {"type": "instant", "min_confidence": 0.5}, webhook_url=receiver.url)
     await store.write([item(0, minute=0)], subs)
-    settings = WebhookSettings(allow_private=True, retry_initial_s=0.01)
+    settings = LOCAL_RECEIVER.model_copy(update={"retry_initial_s": 0.01})
     outbox = AlertOutbox(store.database, settings, kafka_url="kafka://127.0.0.1:9", topic="unused")
     try:
         for _ in range(3):
@@ -194,7 +200,8 @@ async def test_webhooks_are_signed_retried_and_idempotent(store: PersistStage, r
 async def test_a_webhook_to_a_private_address_is_refused_at_delivery(store: PersistStage, receiver: Receiver) -> None:
     subs, _ = await subscribe(store, {"type": "instant", "min_confidence": 0.5}, webhook_url=receiver.url)
     await store.write([item(0, minute=0)], subs)
-    outbox = AlertOutbox(store.database, WebhookSettings(), kafka_url="kafka://127.0.0.1:9", topic="unused")
+    refusing = LOCAL_RECEIVER.model_copy(update={"allow_private": False})
+    outbox = AlertOutbox(store.database, refusing, kafka_url="kafka://127.0.0.1:9", topic="unused")
     try:
         await outbox.deliver_due()
     finally:
@@ -204,15 +211,30 @@ async def test_a_webhook_to_a_private_address_is_refused_at_delivery(store: Pers
     assert receiver.requests == []
 
 
+async def test_a_secret_no_key_opens_is_retried_not_sent(store: PersistStage, receiver: Receiver) -> None:
+    subs, _ = await subscribe(store, {"type": "instant", "min_confidence": 0.5}, webhook_url=receiver.url)
+    await store.write([item(0, minute=0)], subs)
+    other_key = LOCAL_RECEIVER.model_copy(update={"secret_keys": [generate_key()]})  # KEY was dropped too soon
+    outbox = AlertOutbox(store.database, other_key, kafka_url="kafka://127.0.0.1:9", topic="unused")
+    try:
+        await outbox.deliver_due()
+    finally:
+        await outbox.close()
+    [alert] = await alerts(store)
+    assert (alert.delivery, alert.delivery_attempts) == ("pending", 1)  # the fix is a setting: tried again later
+    assert "no key in FINPULSE_SECRET_KEYS decrypts" in (alert.last_error or "")
+    assert receiver.requests == []
+
+
 async def test_the_post_reaches_the_checked_address_with_the_real_host_name(
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     receiver.failures = 0
     port = receiver.server.server_port
     # As if hooks.test had resolved, and been checked, to the receiver's address.
-    monkeypatch.setattr("worker.delivery.webhooks.check_webhook_url", lambda url, allow_private: "127.0.0.1")
+    monkeypatch.setattr("worker.delivery.webhooks.check_webhook_url", lambda url, settings: "127.0.0.1")
     async with httpx.AsyncClient() as client:
-        result = await post_alert(client, f"http://hooks.test:{port}/hook", "s" * 16, "alert-1", b"{}", allow_private=False)
+        result = await post_alert(client, f"http://hooks.test:{port}/hook", "s" * 16, "alert-1", b"{}", WebhookSettings())
     assert result.ok, result.detail
     [(headers, _)] = receiver.requests
     assert headers["Host"] == f"hooks.test:{port}" and headers["Idempotency-Key"] == "alert-1"

@@ -8,6 +8,10 @@ a crash after a send but before it is marked could send it again, with the same
 can drop the copy. On PostgreSQL, rows are claimed with `FOR UPDATE SKIP LOCKED`, so
 several workers share the work without sending one alert twice.
 
+Webhook secrets are stored encrypted; the outbox decrypts each one to sign with it
+(`FINPULSE_SECRET_KEYS`). A secret no configured key opens is retried like an outage,
+since the fix is a setting, and fails for good after the usual number of attempts.
+
 It uses its own idempotent Kafka producer rather than Faust's, so it works the same in
 the worker, under Faust's exactly-once mode, and in `finpulse replay`; its caller hands it
 the brokers' security options (worker/kafka_security.py).
@@ -26,8 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker import metrics
 from worker.backoff import Backoff
-from worker.delivery.webhooks import post_alert
+from worker.delivery.webhooks import DeliveryResult, post_alert
 from worker.logfilter import Throttle
+from worker.security.secret_box import SecretBox, SecretUnreadable
 from worker.settings import WebhookSettings
 from worker.store.alerts import alert_of
 from worker.store.unit_of_work import unit_of_work
@@ -50,6 +55,7 @@ class AlertOutbox:
         self.kafka_options = kafka_options or {}  # client_options(settings.kafka): TLS, SASL
         self.topic = topic
         self.backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
+        self.box = SecretBox(settings.secret_keys or [])
         self._producer: AIOKafkaProducer | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -90,14 +96,12 @@ class AlertOutbox:
         if not row.webhook_url or not row.webhook_secret:
             return {"delivery": "failed", "last_error": "the subscription or its webhook was removed"}
         body = alert_of(row).model_dump_json().encode()
-        result = await post_alert(
-            await self._http(),
-            row.webhook_url,
-            row.webhook_secret,
-            row.alert_id,
-            body,
-            allow_private=self.settings.allow_private,
-        )
+        try:
+            secret = self.box.open(row.webhook_secret)
+        except SecretUnreadable as exc:
+            result = DeliveryResult(False, True, str(exc))
+        else:
+            result = await post_alert(await self._http(), row.webhook_url, secret, row.alert_id, body, self.settings)
         attempts = row.delivery_attempts + 1
         now = datetime.now(UTC)
         if result.ok:

@@ -5,9 +5,13 @@ Kafka and no model, restarts without touching a consumer group, and scales on it
 It writes subscriptions only to SQL, the source of truth that every worker reloads
 (`FINPULSE_SUBSCRIPTIONS_REFRESH_S`), so a change reaches running workers without a restart.
 
-Reads are open: they show aggregate sentiment and alerts, the worker's output. Writes
-need the bearer token `FINPULSE_API_TOKEN`, because a subscription makes the workers
-POST to a URL of the subscriber's choosing; without a token, writes are switched off.
+Every route but `/health` and the OpenAPI document needs a bearer token: one made with
+`finpulse tokens create` (scopes `read`, `write`; stored hashed, revocable), or the
+bootstrap `FINPULSE_API_TOKEN`, which has every scope. The token is checked by an ASGI
+middleware before the body is read (`worker/security/guard.py`); bodies are capped at
+`FINPULSE_API_MAX_BODY_BYTES` (413), and only the Host names in
+`FINPULSE_API_ALLOWED_HOSTS` are answered, so a web page cannot reach an API on
+localhost through DNS rebinding (400).
 """
 
 from __future__ import annotations
@@ -25,21 +29,28 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy import text
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from schemas.aggregates import WindowAggregate
 from schemas.alerts import Alert, KeyType, Subscription, SubscriptionSpec
+from worker.security.guard import TokenGuard
+from worker.security.secret_box import SecretBox, SecretKeyMissing
 from worker.settings import Settings
 from worker.stages.aggregates import as_utc
 from worker.store.database import make_engine
 from worker.store.subscriptions import SubscriptionError, SubscriptionRepository, validate_spec
+from worker.store.tokens import MIN_TOKEN_CHARS, SCOPES, TokenRepository
 from worker.store.unit_of_work import reading
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0
-BEARER = HTTPBearer(auto_error=False, description="FINPULSE_API_TOKEN; needed for POST, PUT and DELETE")
+# For the OpenAPI document only: TokenGuard checks the token, before FastAPI reads the body.
+BEARER = HTTPBearer(auto_error=False, description="A token from `finpulse tokens create`, or FINPULSE_API_TOKEN")
+SECURED: dict[str, Any] = {"dependencies": [Depends(BEARER)]}
+ECHO_CHARS = 200  # of a validation message or location: they may quote the input
 
 
 class Health(BaseModel):
@@ -56,10 +67,12 @@ class Invalid(BaseModel):
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
-        401: (Problem, "No bearer token, or the wrong one"),
+        401: (Problem, "No bearer token, or an unknown or revoked one"),
+        403: (Problem, "The token lacks the scope: `read` for GET, `write` for the rest"),
         404: (Problem, "No subscription with this id"),
+        413: (Problem, "The body is larger than FINPULSE_API_MAX_BODY_BYTES"),
         422: (Invalid, "Invalid request: what the schema refuses, or what the workers could not run"),
-        503: (Problem, "Writes are disabled (FINPULSE_API_TOKEN unset), or the SQL store is unreachable"),
+        503: (Problem, "The SQL store is unreachable, or no FINPULSE_SECRET_KEYS to encrypt a webhook secret with"),
     }
     return {code: {"model": described[code][0], "description": described[code][1]} for code in codes}
 
@@ -70,10 +83,24 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 
 def create_api(settings: Settings) -> FastAPI:
+    """The app; raises ValueError for a FINPULSE_API_TOKEN too short to be safe or a malformed secret key."""
+    bootstrap = settings.api.token
+    if bootstrap and len(bootstrap) < MIN_TOKEN_CHARS:
+        raise ValueError(
+            f"FINPULSE_API_TOKEN has {len(bootstrap)} characters; use at least {MIN_TOKEN_CHARS}, e.g."
+            " `python -c 'import secrets; print(secrets.token_urlsafe(32))'`, or tokens from `finpulse tokens create`"
+        )
+    box = SecretBox(settings.webhooks.secret_keys or [])
     engine = make_engine(settings.store.url)
-    repository = SubscriptionRepository(engine)
+    repository = SubscriptionRepository(engine, box)
+    tokens = TokenRepository(engine)
     windows = settings.store.windows
-    token = settings.api.token
+    every_scope = frozenset(SCOPES)
+
+    async def authenticate(presented: str) -> frozenset[str] | None:
+        if bootstrap and hmac.compare_digest(presented.encode(), bootstrap.encode()):
+            return every_scope
+        return await tokens.scopes_of(presented)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -83,44 +110,40 @@ def create_api(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="finpulse API",
         version="1",
-        description="Alert subscriptions, windowed sentiment aggregates and fired alerts. "
-        "Reads are open; writes need `Authorization: Bearer <FINPULSE_API_TOKEN>`.",
+        description="Alert subscriptions, windowed sentiment aggregates and fired alerts. Every route but /health "
+        "needs `Authorization: Bearer <token>`: the `read` scope for GET, `write` for POST, PUT and DELETE.",
         lifespan=lifespan,
+        max_body_size=settings.api.max_body_bytes,
     )
+    open_paths = {"/health", app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url}
+    app.add_middleware(TokenGuard, authenticate=authenticate, open_paths={p for p in open_paths if p})
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.api.allowed_hosts)  # outermost: runs first
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         """422 with where and why, never the input itself: it may be huge, or a NaN that JSON cannot carry."""
-        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()[:20]]
+        errors = [
+            {
+                "type": e["type"],
+                "loc": [part[:ECHO_CHARS] if isinstance(part, str) else part for part in e["loc"]],
+                "msg": e["msg"][:ECHO_CHARS],
+            }
+            for e in exc.errors()[:20]
+        ]
         return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": jsonable_encoder(errors)})
-
-    async def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
-        if not token:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "writes are disabled: set FINPULSE_API_TOKEN")
-        if credentials is None:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "missing API token: send Authorization: Bearer <FINPULSE_API_TOKEN>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED, "invalid API token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            )
 
     async def checked(spec: SubscriptionSpec) -> SubscriptionSpec:
         try:  # in a thread: the webhook check resolves the host name
-            await run_in_threadpool(
-                validate_spec, spec, windows=windows, allow_private_webhooks=settings.webhooks.allow_private
-            )
+            await run_in_threadpool(validate_spec, spec, windows=windows, webhooks=settings.webhooks)
         except SubscriptionError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
         return spec
 
+    def no_key(exc: SecretKeyMissing) -> HTTPException:
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc))
+
     def not_found(subscription_id: str) -> HTTPException:
         return HTTPException(status.HTTP_404_NOT_FOUND, f"no subscription {subscription_id!r}")
-
-    writes: dict[str, Any] = {"dependencies": [Depends(require_token)], "tags": ["subscriptions"]}
 
     @app.get("/health", tags=["health"], responses=_problems(503))
     async def health() -> Health:
@@ -135,27 +158,38 @@ def create_api(settings: Settings) -> FastAPI:
             ) from exc
         return Health(status="ok")
 
-    @app.post("/subscriptions", status_code=status.HTTP_201_CREATED, responses=_problems(401, 422, 503), **writes)
+    @app.post(
+        "/subscriptions", status_code=status.HTTP_201_CREATED, tags=["subscriptions"],
+        responses=_problems(401, 403, 413, 422, 503), **SECURED,
+    )
     async def create_subscription(spec: SubscriptionSpec) -> Subscription:
         """Create a subscription. The answer shows its webhook secret (given or generated): the only time it is shown."""
-        return await repository.create(await checked(spec))
+        try:
+            return await repository.create(await checked(spec))
+        except SecretKeyMissing as exc:
+            raise no_key(exc) from exc
 
-    @app.get("/subscriptions", tags=["subscriptions"])
+    @app.get("/subscriptions", tags=["subscriptions"], responses=_problems(401, 403), **SECURED)
     async def list_subscriptions() -> list[Subscription]:
-        """Every subscription, oldest first; webhook secrets are never shown here."""
+        """Every subscription, oldest first; webhook URLs redacted, secrets never shown here."""
         return await repository.list()
 
-    @app.get("/subscriptions/{subscription_id}", tags=["subscriptions"], responses=_problems(404))
+    @app.get("/subscriptions/{subscription_id}", tags=["subscriptions"], responses=_problems(401, 403, 404), **SECURED)
     async def get_subscription(subscription_id: str) -> Subscription:
         found = await repository.get(subscription_id)
         if found is None:
             raise not_found(subscription_id)
         return found
 
-    @app.put("/subscriptions/{subscription_id}", responses=_problems(401, 404, 422, 503), **writes)
+    @app.put(
+        "/subscriptions/{subscription_id}", tags=["subscriptions"], responses=_problems(401, 403, 404, 413, 422, 503), **SECURED
+    )
     async def replace_subscription(subscription_id: str, spec: SubscriptionSpec) -> Subscription:
         """Replace a subscription's definition. A webhook keeps its secret unless one is given; a new one is shown once."""
-        replaced = await repository.replace(subscription_id, await checked(spec))
+        try:
+            replaced = await repository.replace(subscription_id, await checked(spec))
+        except SecretKeyMissing as exc:
+            raise no_key(exc) from exc
         if replaced is None:
             raise not_found(subscription_id)
         return replaced
@@ -164,15 +198,16 @@ def create_api(settings: Settings) -> FastAPI:
         "/subscriptions/{subscription_id}",
         status_code=status.HTTP_204_NO_CONTENT,
         response_class=Response,
-        responses=_problems(401, 404, 503),
-        **writes,
+        tags=["subscriptions"],
+        responses=_problems(401, 403, 404),
+        **SECURED,
     )
     async def delete_subscription(subscription_id: str) -> None:
         """Delete a subscription; its fired alerts stay."""
         if not await repository.delete(subscription_id):
             raise not_found(subscription_id)
 
-    @app.get("/aggregates", tags=["aggregates"], responses=_problems(422))
+    @app.get("/aggregates", tags=["aggregates"], responses=_problems(401, 403, 422), **SECURED)
     async def aggregates(
         key_type: KeyType,
         key: Annotated[str, Query(description="e.g. TSLA for an entity; `*` for key_type global")],
@@ -194,7 +229,7 @@ def create_api(settings: Settings) -> FastAPI:
                 model_version=model_version, limit=limit,
             )
 
-    @app.get("/alerts", tags=["alerts"])
+    @app.get("/alerts", tags=["alerts"], responses=_problems(401, 403, 422), **SECURED)
     async def alerts(
         subscription_id: str | None = None,
         key_type: KeyType | None = None,

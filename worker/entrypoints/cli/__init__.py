@@ -3,15 +3,16 @@
 - `app.py`: the command groups and what commands share (console, progress, loading a model);
 - `pipeline.py`: services, db, worker, produce, score, replay, api, demo;
 - `models.py`: train, export, bench, model tiny;
-- `subscriptions.py`: subscriptions add, list, rm.
+- `subscriptions.py`: subscriptions add, list, rm;
+- `access.py`: tokens create, list, revoke; secrets generate-key, rotate.
 """
 
 # Imported for their commands, in the order `finpulse --help` lists them: the pipeline's first.
 from worker.entrypoints.cli import pipeline  # isort: skip
-from worker.entrypoints.cli import models, subscriptions  # isort: skip
+from worker.entrypoints.cli import access, models, subscriptions  # isort: skip
 from worker.entrypoints.cli.app import cli
 
-__all__ = ["cli", "main", "models", "pipeline", "subscriptions"]
+__all__ = ["access", "cli", "main", "models", "pipeline", "subscriptions"]
 
 
 def main() -> None:

@@ -19,9 +19,13 @@ cli = typer.Typer(help="finpulse: streaming multilingual financial sentiment mon
 db_cli = typer.Typer(help="SQL store schema.", no_args_is_help=True)
 model_cli = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
 subscriptions_cli = typer.Typer(help="Alert subscriptions in the SQL store (FINPULSE_DATABASE_URL).", no_args_is_help=True)
+tokens_cli = typer.Typer(help="API bearer tokens in the SQL store: shown once, stored hashed.", no_args_is_help=True)
+secrets_cli = typer.Typer(help="Keys that encrypt webhook secrets at rest (FINPULSE_SECRET_KEYS).", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(model_cli, name="model")
 cli.add_typer(subscriptions_cli, name="subscriptions")
+cli.add_typer(tokens_cli, name="tokens")
+cli.add_typer(secrets_cli, name="secrets")
 err = Console(stderr=True)
 
 

@@ -223,6 +223,11 @@ def api(
     from worker.entrypoints.api import create_api
 
     settings = Settings.from_env()
+    try:
+        app = create_api(settings)
+    except ValueError as exc:
+        err.print(f"cannot start the API: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
     if not settings.api.token:
-        err.print("[yellow]FINPULSE_API_TOKEN is unset: reads only, writes answer 503[/yellow]")
-    uvicorn.run(create_api(settings), host=host or settings.api.host, port=port or settings.api.port, log_level=loglevel)
+        err.print("[yellow]FINPULSE_API_TOKEN is unset: only tokens from `finpulse tokens create` are accepted[/yellow]")
+    uvicorn.run(app, host=host or settings.api.host, port=port or settings.api.port, log_level=loglevel)

@@ -22,10 +22,13 @@ T = TypeVar("T")
 
 def _with_subscriptions(action: Callable[[SubscriptionRepository], Awaitable[T]]) -> T:
     """Run one repository call on a short-lived engine."""
+    from worker.security.secret_box import SecretBox
     from worker.store.subscriptions import open_repository
 
+    settings = Settings.from_env()
+
     async def run() -> T:
-        async with open_repository(Settings.from_env().store.url) as repository:
+        async with open_repository(settings.store.url, SecretBox(settings.webhooks.secret_keys or [])) as repository:
             return await action(repository)
 
     return asyncio.run(run())
@@ -54,6 +57,7 @@ def subscriptions_add(
     from pydantic import ValidationError
 
     from schemas.alerts import SubscriptionSpec
+    from worker.security.secret_box import SecretKeyMissing
     from worker.store.subscriptions import SubscriptionError, validate_spec
 
     settings = Settings.from_env()
@@ -65,12 +69,16 @@ def subscriptions_add(
                "cooldown_s": cooldown, "webhook_url": webhook, "webhook_secret": secret, "enabled": not disabled}
     try:
         spec = SubscriptionSpec.model_validate(payload)
-        validate_spec(spec, windows=settings.store.windows, allow_private_webhooks=settings.webhooks.allow_private)
+        validate_spec(spec, windows=settings.store.windows, webhooks=settings.webhooks)
     except ValidationError as exc:
         raise _invalid("; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors())) from None
     except SubscriptionError as exc:
         raise _invalid(str(exc)) from None
-    created = _with_subscriptions(lambda repository: repository.create(spec))
+    try:
+        created = _with_subscriptions(lambda repository: repository.create(spec))
+    except (SecretKeyMissing, ValueError) as exc:  # no key, or a malformed one
+        err.print(f"cannot store the webhook secret: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
     sys.stdout.write(created.model_dump_json(indent=2) + "\n")
     err.print(f"[green]subscription {created.id} created[/green]")
 
@@ -79,7 +87,7 @@ def subscriptions_add(
 def subscriptions_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON on standard output instead of a table")] = False,
 ) -> None:
-    """Every subscription, oldest first (webhook secrets are not shown)."""
+    """Every subscription, oldest first (webhook URLs redacted, secrets not shown)."""
     from rich.table import Table
 
     found = _with_subscriptions(lambda repository: repository.list())
