@@ -4,16 +4,27 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.finpulse-installed
+LOCKS := ops/locks
+# uv for `make lock`, installed from its hashed pin next to (not into) the environment.
+UV_HOME ?= $(VENV)/.tools/uv
+UV_TOOL := $(UV_HOME)/bin/uv
+UV ?= $(UV_TOOL)
+LOCK_ARGS ?=
+UV_COMPILE = --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--custom-compile-command "make lock" $(LOCK_ARGS)
 
 .PHONY: install services services-down demo test test-unit test-integration test-faults lock clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+# The dev lock (runtime lock + test and quality tools), every file checked against its sha256; then
+# finpulse itself, editable, without dependencies and built with the locked setuptools.
+# pip>=25 only replaces an old bundled pip; an up-to-date one is left as it is.
+$(STAMP): $(LOCKS)/dev.txt $(LOCKS)/runtime.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q 'pip>=25'
+	$(PY) -m pip install -q --require-hashes -r $(LOCKS)/dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 services:
@@ -40,9 +51,19 @@ test-integration: install services
 test-faults: install
 	FINPULSE_FAULTS=1 $(PY) -m pytest tests/faults -p no:cacheprovider
 
-# Re-pin after changing dependencies in pyproject.toml.
-lock:
-	$(PY) -m pip freeze --exclude-editable | grep -v '^finpulse' > requirements.lock
+# Re-pin after changing dependencies in pyproject.toml (README, "Dependencies"). uv keeps every pin the
+# locks already hold unless told otherwise: `make lock LOCK_ARGS="--upgrade-package torch"`.
+# runtime.txt: [project].dependencies; dev.txt: + the test and quality extras, constrained by runtime.txt;
+# gpu.txt: TensorRT (ops/locks/gpu.in) on top of runtime.txt. uv comes from ops/locks/uv.txt (UV=uv to use your own).
+lock: $(if $(filter $(UV_TOOL),$(UV)),$(UV_TOOL))
+	$(UV) pip compile $(UV_COMPILE) pyproject.toml -o $(LOCKS)/runtime.txt
+	$(UV) pip compile $(UV_COMPILE) pyproject.toml --extra test --extra quality -c $(LOCKS)/runtime.txt -o $(LOCKS)/dev.txt
+	$(UV) pip compile $(UV_COMPILE) $(LOCKS)/gpu.in -c $(LOCKS)/runtime.txt -o $(LOCKS)/gpu.txt
+
+$(UV_TOOL): $(LOCKS)/uv.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade --require-hashes --target $(UV_HOME) -r $(LOCKS)/uv.txt
+	touch $@
 
 clean:
 	rm -rf demo-data .pytest_cache
