@@ -51,7 +51,11 @@ VARIANTS: dict[str, Callable[..., Engine]] = {
 
 def make_variant(name: str, model_dir: Path, **options: object) -> Engine:
     """An engine for a key of VARIANTS, or for "onnxruntime:FILE": ONNX Runtime on another export of
-    the same weights (FILE relative to model_dir or absolute), to compare quantisation variants."""
+    the same weights (FILE relative to model_dir or absolute), to compare quantisation variants.
+    A suffix "@N" scores long texts over at most N chunks (`torch@8`; default 1), to price chunking."""
+    name, _, chunks = name.partition("@")
+    if chunks:
+        options["max_chunks"] = int(chunks)
     if name.startswith("onnxruntime:"):
         from engines.serving.backends.onnxruntime_engine import OnnxEngine
 
@@ -77,7 +81,11 @@ def bench_backends(
     variants share cached scores. Repeats go round-robin over the variants, so that load
     from other processes that comes and goes during the run weighs on all of them alike.
     """
-    unknown = [name for name in backends if name not in VARIANTS and not name.startswith("onnxruntime:")]
+    unknown = [
+        name for name in backends
+        if name.partition("@")[0] not in VARIANTS and not name.startswith("onnxruntime:")
+        or not (name.partition("@")[2] or "1").isdigit()
+    ]
     if unknown or not backends or repeats < 1:
         raise ValueError(f"backends must be a non-empty subset of {sorted(VARIANTS)} and repeats >= 1; got {backends}")
     engines = {

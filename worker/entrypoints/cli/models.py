@@ -96,7 +96,9 @@ def bench(
     model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Checkpoint directory (exported first)")],
     data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="JSONL with a `text` field")],
     n: Annotated[int, typer.Option(help="Texts to score per repeat")] = 1000,
-    backends: Annotated[str, typer.Option(help="Comma-separated; the first is the baseline")] = "torch,onnxruntime,onnxruntime-int8",
+    backends: Annotated[
+        str, typer.Option(help="Comma-separated; the first is the baseline; `NAME@N` scores long texts over N chunks")
+    ] = "torch,onnxruntime,onnxruntime-int8",
     threads: Annotated[int, typer.Option(help="CPU threads per backend")] = 2,
     repeats: Annotated[int, typer.Option(help="Timed repeats (median reported)")] = 5,
     out: Annotated[Optional[Path], typer.Option(help="Write the figures as JSON here")] = None,
