@@ -2,12 +2,14 @@
 
 The scenarios stop and restart the servers, so the suite never touches the services other
 tests use (9092/6379/5432): it runs its own set with `ops.services` under
-/var/tmp/finpulse-faults-<uid> on ports 19092 (controller 19093), 16379 and 15432.
+/var/tmp/finpulse-faults-<uid> on ports 19092 (controller 19093, SASL_SSL 19094), 16379 and
+15432, with the passwords `ops.services up` makes there (read back with `ops.services env`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import subprocess
@@ -36,13 +38,27 @@ class Services:
         ports = {
             "FINPULSE_KAFKA_PORT": _port("KAFKA", 19092),
             "FINPULSE_KAFKA_CONTROLLER_PORT": _port("KAFKA_CONTROLLER", 19093),
+            "FINPULSE_KAFKA_SASL_PORT": _port("KAFKA_SASL", 19094),
             "FINPULSE_REDIS_PORT": _port("REDIS", 16379),
             "FINPULSE_POSTGRES_PORT": _port("POSTGRES", 15432),
         }
         self.env = {**os.environ, "FINPULSE_SERVICES_DIR": str(self.dir), **ports}
         self.kafka = f"127.0.0.1:{ports['FINPULSE_KAFKA_PORT']}"
-        self.redis_url = f"redis://127.0.0.1:{ports['FINPULSE_REDIS_PORT']}/0"
-        self.pg_dsn = f"postgresql://finpulse@127.0.0.1:{ports['FINPULSE_POSTGRES_PORT']}/finpulse"
+
+    @functools.cached_property
+    def client_env(self) -> dict[str, str]:
+        """The worker's settings for these services, passwords included; read after `up`, which makes them."""
+        result = subprocess.run([sys.executable, "-m", "ops.services", "env"], cwd=ROOT, env=self.env,
+                                capture_output=True, text=True, timeout=60, check=True)
+        return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+    @property
+    def redis_url(self) -> str:
+        return self.client_env["FINPULSE_REDIS_URL"]
+
+    @property
+    def pg_dsn(self) -> str:
+        return self.client_env["FINPULSE_DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
 
     def run(self, *args: str, timeout: float = 240) -> float:
         """Run `ops.services ARGS` against our ports; returns its duration, raises with its output."""

@@ -76,6 +76,7 @@ def produce(
     from worker.kafka_security import client_options
     from worker.topics import bootstrap_servers
 
+    setup_logging("error")  # kafka-python says why it cannot connect (e.g. a refused SASL login) only in its log
     settings = Settings.from_env()
     target = topic or settings.topic("docs")
     lines = [line.rstrip(b"\r\n") for line in file.read_bytes().splitlines() if line.strip()]
@@ -83,8 +84,9 @@ def produce(
         producer = KafkaProducer(
             bootstrap_servers=bootstrap_servers(settings.kafka.url), acks="all", linger_ms=5, **client_options(settings.kafka)
         )
-    except KafkaError as exc:  # e.g. a refused SASL login: kafka-python logs why, then times out
-        err.print(f"Kafka at {settings.kafka.url} ({settings.kafka.security_protocol}) failed: {exc!r}", style="red",
+    except KafkaError as exc:  # e.g. a refused SASL login: kafka-python logs why (mostly), then times out
+        err.print(f"Kafka at {settings.kafka.url} ({settings.kafka.security_protocol}) failed: {exc!r}; check it and"
+                  " FINPULSE_KAFKA_SASL_* / _SSL_* (the log above says why when the broker told)", style="red",
                   markup=False, highlight=False)
         raise typer.Exit(1) from exc
     interval = 1.0 / rate if rate > 0 else 0.0
