@@ -114,7 +114,8 @@ class EngineSettings(Section):
     model_dir: str = env("MODEL_DIR", "models/current", "Checkpoint directory or hub id")
     backend: str = env(
         "BACKEND", "auto",
-        "`torch`, `onnxruntime`, `tensorrt`; `auto` = TensorRT on a GPU, else ONNX Runtime where exported, else PyTorch",
+        "`torch`, `onnxruntime` (fp32 `model.onnx`), `onnxruntime-int8` (`model.int8.onnx`), `tensorrt`;"
+        " `auto` = TensorRT on a GPU, else the int8 export, else the fp32 export, else PyTorch",
     )
     max_length: int = env("MAX_LENGTH", 128, "Tokens per model input window", ge=8, le=512)
     max_chunks: int = env(

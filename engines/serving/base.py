@@ -14,7 +14,6 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
@@ -34,7 +33,7 @@ class BatchedEngine(ABC):
     text is scored over (engines.serving.batching; 1 = its first max_length tokens only).
     """
 
-    backend: ClassVar[str]
+    backend: str  # set by each backend class; ONNX Runtime says whether it serves int8
 
     def __init__(
         self,

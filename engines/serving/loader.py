@@ -1,9 +1,11 @@
 """Choose and construct an inference backend by name.
 
 "auto" takes the first backend in _PREFERENCE that can serve the checkpoint: tensorrt
-(installed, a CUDA GPU, model.onnx, and the engine builds), else onnxruntime (installed and
-an ONNX export in the directory), else torch. Exporting is a separate, explicit step
-(engines.export.onnx_export), so a directory without model.onnx keeps running on torch.
+(installed, a CUDA GPU, model.onnx, and the engine builds), else onnxruntime-int8 (the int8
+export model.int8.onnx), else onnxruntime (the fp32 export model.onnx), else torch. The names
+mean the same here, in `finpulse bench` and in what an engine reports as its backend.
+Exporting is a separate, explicit step (engines.export.onnx_export), so a directory without
+an export keeps running on torch.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ def _torch_engine(model_dir: str | Path, **options: object) -> Engine:
     return TorchEngine(model_dir, **options)  # type: ignore[arg-type]
 
 
-def _onnx_engine(model_dir: str | Path, **options: object) -> Engine:
-    from engines.serving.backends.onnxruntime_engine import OnnxEngine
+def _onnx_engine(quantized: bool) -> Callable[..., Engine]:
+    def make(model_dir: str | Path, **options: object) -> Engine:
+        from engines.serving.backends.onnxruntime_engine import OnnxEngine
 
-    return OnnxEngine(model_dir, **options)  # type: ignore[arg-type]
+        return OnnxEngine(model_dir, quantized=quantized, **options)  # type: ignore[arg-type]
+
+    return make
 
 
 def _tensorrt_engine(model_dir: str | Path, **options: object) -> Engine:
@@ -37,10 +42,11 @@ def _tensorrt_engine(model_dir: str | Path, **options: object) -> Engine:
     return TensorRTEngine(model_dir, **options)  # type: ignore[arg-type]
 
 
-def _has_onnx(model_dir: Path) -> str | None:
-    if (model_dir / ONNX_NAME).is_file() or (model_dir / INT8_NAME).is_file():
-        return None
-    return f"needs {ONNX_NAME} in {model_dir} ({EXPORT_HINT})"
+def _has(name: str) -> Callable[[Path], str | None]:
+    def check(model_dir: Path) -> str | None:
+        return None if (model_dir / name).is_file() else f"needs {name} in {model_dir} ({EXPORT_HINT})"
+
+    return check
 
 
 def _has_gpu_and_onnx(model_dir: Path) -> str | None:
@@ -56,15 +62,17 @@ def _has_gpu_and_onnx(model_dir: Path) -> str | None:
 # backend name -> (module that must be importable, factory)
 _BACKENDS: dict[str, tuple[str, Callable[..., Engine]]] = {
     "torch": ("torch", _torch_engine),
-    "onnxruntime": ("onnxruntime", _onnx_engine),
+    "onnxruntime": ("onnxruntime", _onnx_engine(quantized=False)),
+    "onnxruntime-int8": ("onnxruntime", _onnx_engine(quantized=True)),
     "tensorrt": ("tensorrt", _tensorrt_engine),
 }
 # backend name -> what else the checkpoint dir and machine must offer: None when ready, else why not
 _READY: dict[str, Callable[[Path], str | None]] = {
-    "onnxruntime": _has_onnx,
+    "onnxruntime": _has(ONNX_NAME),
+    "onnxruntime-int8": _has(INT8_NAME),
     "tensorrt": _has_gpu_and_onnx,
 }
-_PREFERENCE: tuple[str, ...] = ("tensorrt", "onnxruntime", "torch")
+_PREFERENCE: tuple[str, ...] = ("tensorrt", "onnxruntime-int8", "onnxruntime", "torch")
 
 
 def available_backends() -> list[str]:

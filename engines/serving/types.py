@@ -39,7 +39,7 @@ class Scores:
 class Engine(Protocol):
     """What the worker needs from a scoring backend."""
 
-    backend: str  # "torch", "onnxruntime" or "tensorrt"
+    backend: str  # "torch", "onnxruntime", "onnxruntime-int8" or "tensorrt"
     # Stable id of the scores: "<name>-<first 12 hex of sha256(model.safetensors)>", plus a suffix
     # ("-int8", "-int8-static", "-fp16") for a variant whose scores move beyond float noise.
     model_version: str

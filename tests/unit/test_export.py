@@ -217,7 +217,11 @@ def test_bench_takes_any_export_of_the_weights(model_dir: Path, static_int8: Onn
 
 def test_auto_picks_onnxruntime_when_exported_and_torch_otherwise(model_dir: Path, tmp_path: Path) -> None:
     exported = load_engine(model_dir, threads=1)
-    assert exported.backend == ("tensorrt" if _gpu_and_tensorrt() else "onnxruntime")
+    assert exported.backend == ("tensorrt" if _gpu_and_tensorrt() else "onnxruntime-int8")
+    # The names mean the same numerics in load_engine, `finpulse bench` and an engine's report.
+    assert load_engine(model_dir, "onnxruntime", threads=1).backend == "onnxruntime"
+    assert load_engine(model_dir, "onnxruntime", threads=1).onnx_path.name == ONNX_NAME
+    assert load_engine(model_dir, "onnxruntime-int8", threads=1).onnx_path.name == INT8_NAME
     plain = torch_only_copy(model_dir, tmp_path / "plain")
     assert load_engine(plain).backend == "torch"
     with pytest.raises(ValueError, match=r"'onnxruntime' needs model.onnx in .*; available backends: \['torch'\]"):

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engines.serving.backends.onnx_files import INT8_MODE_KEY, INT8_NAME, ONNX_NAME, OUTPUT_NAMES, checked_version, onnx_feeds
 from engines.serving.base import BatchedEngine
-from engines.serving.backends.onnx_files import INT8_NAME, ONNX_NAME, OUTPUT_NAMES, checked_version, onnx_feeds
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -58,6 +58,8 @@ class OnnxEngine(BatchedEngine):
             raise FileNotFoundError(f"{self.onnx_path} not found")
         self.session = create_session(self.onnx_path, threads=self.threads)
         metadata = self.session.get_modelmeta().custom_metadata_map
+        # Named as load_engine and `finpulse bench` name it, so /health and reports say which numerics serve.
+        self.backend = "onnxruntime-int8" if INT8_MODE_KEY in metadata else "onnxruntime"
         return checked_version(metadata, self.onnx_path, model_dir)
 
     def _logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
