@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from worker.entrypoints.cli.app import cli, err, model_cli
+from worker.entrypoints.cli.app import cli, err, model_cli, progress, setup_logging
 
 
 @cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
@@ -95,16 +95,30 @@ def export(
 def bench(
     model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Checkpoint directory (exported first)")],
     data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="JSONL with a `text` field")],
-    n: Annotated[int, typer.Option(help="Texts to score per repeat")] = 1000,
+    n: Annotated[int, typer.Option(help="Texts to score per repeat (--pipeline: distinct documents per phase)")] = 1000,
     backends: Annotated[
         str, typer.Option(help="Comma-separated; the first is the baseline; `NAME@N` scores long texts over N chunks")
     ] = "torch,onnxruntime,onnxruntime-int8",
     threads: Annotated[int, typer.Option(help="CPU threads per backend")] = 2,
     repeats: Annotated[int, typer.Option(help="Timed repeats (median reported)")] = 5,
     out: Annotated[Optional[Path], typer.Option(help="Write the figures as JSON here")] = None,
+    pipeline: Annotated[
+        bool, typer.Option(help="Measure the whole pipeline instead: a real worker in its own namespace and database, "
+                           "against its engine alone (docs/performance.md); --backends and --threads do not apply")
+    ] = False,
+    backend: Annotated[Optional[str], typer.Option(help="--pipeline: the worker's backend (default FINPULSE_BACKEND)")] = None,
+    rate: Annotated[
+        Optional[float], typer.Option(help="--pipeline: docs/s of the latency phase (default: half the cold rate)")
+    ] = None,
+    latency_s: Annotated[float, typer.Option(help="--pipeline: about how long the latency phase sends, s")] = 60.0,
 ) -> None:
-    """Documents per second of each backend on the same texts, in one process, against the first."""
+    """Documents per second of each backend on the same texts, in one process, against the first;
+    with --pipeline, of the worker on real services against its engine alone, with latency, startup and memory."""
     from rich.table import Table
+
+    if pipeline:
+        _bench_pipeline(model, data, n, backend, repeats, rate, latency_s, out)
+        return
 
     from engines.export.bench import bench_backends
     from worker.stages.decode import Rejection, decode_news_item
@@ -129,6 +143,26 @@ def bench(
     Console().print(table)
     if out:
         out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+def _bench_pipeline(
+    model: Path, data: Path, n: int, backend: str | None, repeats: int, rate: float | None, latency_s: float,
+    out: Path | None,
+) -> None:
+    from worker.entrypoints import bench_pipeline
+
+    setup_logging("error")  # the Kafka and SQL clients' reconnect chatter would bury the progress lines
+    try:
+        figures = bench_pipeline.run(model, data, n, backend, repeats, rate, latency_s, progress(), err.print)
+    except (ValueError, RuntimeError, OSError) as exc:
+        err.print(f"[red]pipeline bench failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(130) from None
+    Console().print(bench_pipeline.summary(figures))
+    if out:
+        out.write_text(json.dumps(figures, indent=2), encoding="utf-8")
 
 
 @model_cli.command("tiny")

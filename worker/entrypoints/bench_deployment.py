@@ -1,0 +1,225 @@
+"""A throw-away deployment for `finpulse bench --pipeline`: its own namespace, topics, PostgreSQL database,
+Redis prefix and worker process, on the services the user's settings name, removed afterwards.
+
+The worker is a real `python -m worker worker` child, started the way an operator starts it, so
+the figures include everything production pays for (Faust, Kafka round trips, Redis, SQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import asyncpg
+from dotenv import dotenv_values
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import make_url
+
+from worker.kafka_security import client_options
+from worker.settings import PREFIX, Settings
+from worker.topics import bootstrap_servers, ensure_topics
+
+SECRET_NAMES = ("PASSWORD", "SECRET", "TOKEN")
+
+
+def service_environment() -> dict[str, str]:
+    """FINPULSE_* for the bench: the local services' URLs and passwords (`ops.services.client_env`)
+    under the user's own FINPULSE_* (.env, then the environment), so exported tuning such as
+    FINPULSE_BATCH_MAX reaches the worker unchanged and the user's own services win."""
+    from ops.services import ServiceError, client_env
+
+    try:
+        local = client_env()
+    except (ServiceError, OSError):
+        local = {}
+    user = {k: v for k, v in dotenv_values(".env").items() if v is not None} if Path(".env").is_file() else {}
+    user |= os.environ
+    return local | {k.upper(): v for k, v in user.items() if k.upper().startswith(PREFIX)}
+
+
+def shown_settings(settings: Settings) -> dict[str, str]:
+    """Every setting as the worker read it, for the report: no secrets, URLs without their passwords."""
+    return {
+        name: re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", value)
+        for name, value in settings.to_env().items()
+        if not any(word in name for word in SECRET_NAMES)
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _pg_execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+class Deployment:
+    """Namespace `bench<hex>`, database `fp_bench_<hex>` and a worker with MODEL and BACKEND; a context manager
+    whose exit stops the worker and removes what was made, also after a failure or Ctrl-C."""
+
+    def __init__(self, environment: dict[str, str], model: Path, backend: str | None, log_path: Path) -> None:
+        tag = uuid.uuid4().hex[:10]
+        server = make_url(environment.get(PREFIX + "DATABASE_URL", ""))
+        if not server.drivername.startswith("postgresql"):
+            raise ValueError(
+                f"the pipeline bench needs PostgreSQL, not {server.drivername!r}: start the local services "
+                "(`finpulse services up`) or set FINPULSE_DATABASE_URL=postgresql+asyncpg://…"
+            )
+        self.database = f"fp_bench_{tag}"
+        self._admin_dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.dsn = server.set(drivername="postgresql", database=self.database).render_as_string(hide_password=False)
+        chosen = {"FINPULSE_BACKEND": backend} if backend else {}
+        self.env = {
+            **os.environ,
+            **environment,
+            **chosen,
+            "FINPULSE_NAMESPACE": f"bench{tag}",
+            "FINPULSE_DATABASE_URL": server.set(database=self.database).render_as_string(hide_password=False),
+            "FINPULSE_MODEL_DIR": str(model.resolve()),
+            "FINPULSE_WEB_PORT": str(_free_port()),
+        }
+        self.settings = Settings.from_env(self.env, env_file=None)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._made_database = False
+        self.leftovers: list[str] = []  # what remove() could not remove, and why
+
+    def __enter__(self) -> Deployment:
+        asyncio.run(_pg_execute(self._admin_dsn, f'CREATE DATABASE "{self.database}"'))
+        self._made_database = True
+        from worker.store.database import upgrade
+
+        upgrade(self.settings.store.url)
+        ensure_topics(self.settings)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.leftovers = self.remove()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.kafka.web_port}"
+
+    def start_worker(self, timeout_s: float) -> float:
+        """Start the worker; seconds from the process start to `/health` answering 200."""
+        with self.log_path.open("ab") as log:
+            started = time.perf_counter()
+            self.proc = subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=self.env, stdout=log, stderr=log)
+        while time.perf_counter() - started < timeout_s:
+            if self.health() is not None:
+                return time.perf_counter() - started
+            time.sleep(0.1)
+        raise RuntimeError(f"the worker was not healthy after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def check_running(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"the worker exited ({self.proc and self.proc.returncode}):\n{self.log_tail()}")
+
+    def health(self) -> dict[str, object] | None:
+        """`/health`'s body while it answers 200, else None."""
+        self.check_running()
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return json.loads(response.read()) if response.status == 200 else None
+        except (OSError, ValueError):
+            return None
+
+    def metrics(self) -> dict[str, float]:
+        """The worker's Prometheus samples, summed over their labels, by sample name."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+        return totals
+
+    def peak_rss_mb(self) -> float | None:
+        """The worker's peak resident memory so far (VmHWM, MiB); None where /proc has no such field."""
+        assert self.proc is not None
+        try:
+            lines = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        except OSError:
+            return None
+        found = [line.split()[1] for line in lines if line.startswith("VmHWM:")]
+        return int(found[0]) / 1024 if found else None
+
+    def clear_cache(self) -> int:
+        """Delete this namespace's Redis keys (its cached scores); returns how many."""
+        if not self.settings.cache.url:
+            return 0
+        import redis
+
+        client = redis.Redis.from_url(self.settings.cache.url, socket_timeout=10)
+        try:
+            keys = list(client.scan_iter(match=f"{self.settings.redis_prefix}*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start:start + 1000])
+            return len(keys)
+        finally:
+            client.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop_worker(self, timeout_s: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def remove(self) -> list[str]:
+        """Stop the worker, then delete the topics, the consumer group, the Redis keys and the database;
+        each step runs even if one before it failed. Returns what could not be removed, and why."""
+        failures = []
+        steps = [("worker", self.stop_worker), ("topics", self._delete_kafka), ("redis keys", self.clear_cache)]
+        if self._made_database:
+            steps.append(("database", lambda: asyncio.run(
+                _pg_execute(self._admin_dsn, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            )))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - report it and go on removing the rest
+                failures.append(f"{what}: {type(exc).__name__}: {exc}")
+        return failures
+
+    def _delete_kafka(self) -> None:
+        """The namespace's topics (the stages' and Faust's own, e.g. its assignor topic) and consumer group."""
+        from kafka.admin import KafkaAdminClient
+
+        kafka = self.settings.kafka
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(kafka.url), **client_options(kafka))
+        try:
+            ns = self.settings.namespace
+            ours = [t for t in admin.list_topics() if t.startswith((f"{ns}.", f"{ns}-"))]
+            if ours:
+                admin.delete_topics(ours)
+            if self.proc is not None:
+                outcomes = admin.delete_groups([self.settings.app_id]).items()  # group -> "OK" or an error's name
+                refused = [f"group {group}: {error}" for group, error in outcomes if error not in ("OK", "GroupIdNotFoundError")]
+                if refused:
+                    raise RuntimeError("; ".join(refused))
+        finally:
+            admin.close()
