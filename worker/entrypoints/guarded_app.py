@@ -68,12 +68,13 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             if max_records is not None and max_records <= 0:
                 break
             try:
-                records = (await consumer._fetcher.fetched_records({tp}, timeout=0, max_records=max_records)).get(tp)
+                got = await consumer._fetcher.fetched_records({tp}, timeout=0, max_records=max_records)
             except UNREADABLE as exc:
                 await self._pause(consumer, tp, exc)
                 continue
-            if records:
-                drained[tp] = records
+            # aiokafka's own TopicPartition keys, as Faust's driver returns them: exactly-once commits need them.
+            for key, records in got.items():
+                drained[key] = records
                 if max_records is not None:
                     max_records -= len(records)
         return drained
