@@ -21,7 +21,7 @@ from worker.settings import CacheSettings, PipelineSettings
 from worker.stages.cache import ScoreCache
 from worker.stages.decode import text_hash
 from worker.stages.entities import Watchlist, find_entities
-from worker.stages.language import LanguageDetector, normalise_lang
+from worker.stages.language import UNKNOWN, LanguageDetector, normalise_lang
 from worker.stages.records import Accepted, Reject, StageResult
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,18 @@ class ScoreStage:
         self.watchlist = watchlist
         self.languages = languages
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        # Language and entities do not feed the model, so they run beside it, in a thread of their own.
+        self._enricher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enrich")
 
     def _enrich(self, items: Sequence[NewsItem]) -> list[tuple[str, list[str]]]:
-        """(language, entities) per item; CPU work, so it runs in the engine thread too."""
-        enriched = []
-        for item in items:
-            lang = normalise_lang(item.lang) or (self.languages.detect(item.text) if self.languages else "und")
-            enriched.append((lang, find_entities(item.text, self.watchlist, item.tickers)))
-        return enriched
+        """(language, entities) per item; the texts without `lang` are detected in one call."""
+        langs = [normalise_lang(item.lang) for item in items]
+        untagged = [i for i, lang in enumerate(langs) if lang is None]
+        if untagged:
+            detected = self.languages.detect_many([items[i].text for i in untagged]) if self.languages else None
+            for n, i in enumerate(untagged):
+                langs[i] = detected[n] if detected else UNKNOWN
+        return [(lang or UNKNOWN, find_entities(item.text, self.watchlist, item.tickers)) for lang, item in zip(langs, items)]
 
     async def _predict(self, texts: Sequence[str]) -> list[Scores]:
         loop = asyncio.get_running_loop()
@@ -97,17 +101,16 @@ class ScoreStage:
         arrived = arrived or [datetime.now(UTC)] * len(items)
         version = self.engine.model_version
         hashes = [text_hash(item.text) for item in items]
-        # Language and entities are computed in the engine thread while Redis answers.
-        enriched, cached = await asyncio.gather(
-            asyncio.get_running_loop().run_in_executor(self._executor, self._enrich, items),
-            self.cache.get_many(version, dict.fromkeys(hashes)),
-        )
+        # Language and entities are computed in their own thread while Redis answers and the model runs.
+        enriching = asyncio.get_running_loop().run_in_executor(self._enricher, self._enrich, items)
+        cached = await self.cache.get_many(version, dict.fromkeys(hashes))
         to_score = {h: item.text for h, item in zip(hashes, items) if h not in cached}
         fresh: dict[str, Scores | EngineFailed] = {}
         if to_score:
             by_text = await self._predict_isolating_failures(list(to_score.values()))
             fresh = {h: by_text[text] for h, text in to_score.items()}
             await self.cache.put_many(version, {h: s for h, s in fresh.items() if isinstance(s, Scores)})
+        enriched = await enriching
         now = datetime.now(UTC)
         latency_ms = (time.perf_counter() - started) * 1000
         results: list[ScoredItem | EngineFailed] = []
@@ -146,6 +149,7 @@ class ScoreStage:
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._enricher.shutdown(wait=False, cancel_futures=True)
         await self.cache.close()
 
 
@@ -153,5 +157,5 @@ def build_score_stage(
     engine: Engine, pipeline: PipelineSettings, cache: CacheSettings, *, cache_prefix: str
 ) -> ScoreStage:
     """The stage as every driver configures it: Redis cache (none when its URL is empty), watchlist, language detection."""
-    languages = LanguageDetector() if pipeline.detect_language else None
+    languages = LanguageDetector(pipeline.languages) if pipeline.detect_language else None
     return ScoreStage(engine, ScoreCache(cache, prefix=cache_prefix), Watchlist.load(pipeline.watchlist), languages)

@@ -74,11 +74,14 @@ def load_engine_or_exit(settings: EngineSettings, model: str | None = None, back
         raise typer.Exit(2) from exc
 
 
-def load_language_detector(settings: PipelineSettings) -> None:
-    """Load lingua's models now, before any event loop runs: loading holds the GIL for ~10 s, even in a
-    thread, which inside the loop would stall Kafka heartbeats and /metrics."""
+def check_language_detector(settings: PipelineSettings) -> None:
+    """Refuse an unknown FINPULSE_LANGUAGES code now; the models themselves load on the first item
+    without `lang` (worker/stages/language.py), so producers that tag every item never wait for them."""
     if settings.detect_language:
         from worker.stages.language import LanguageDetector
 
-        with err.status("loading the language detector…"):
-            LanguageDetector().warm_up()
+        try:
+            LanguageDetector(settings.languages)
+        except ValueError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc

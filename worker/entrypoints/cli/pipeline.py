@@ -17,7 +17,7 @@ from worker.entrypoints.cli.app import (
     db_cli,
     err,
     load_engine_or_exit,
-    load_language_detector,
+    check_language_detector,
     moment,
     progress,
     setup_logging,
@@ -56,7 +56,7 @@ def worker(loglevel: Annotated[str, typer.Option(help="debug, info, warning")] =
     settings = Settings.from_env()
     ensure_topics(settings)
     engine = load_engine_or_exit(settings.engine)
-    load_language_detector(settings.pipeline)
+    check_language_detector(settings.pipeline)
     err.print(f"model {engine.model_version} on {engine.backend}; namespace {settings.namespace}")
     app = create_app(settings, engine)
     logging.getLogger("aiokafka").addFilter(Throttle(every_s=10))  # reconnect errors while a broker is down
@@ -134,7 +134,7 @@ def score(
     cache_settings = settings.cache if cache else settings.cache.model_copy(update={"url": None})
     lines = file.read_bytes().splitlines()
     records = [Record(value=line, topic=str(file), offset=n) for n, line in enumerate(lines, 1) if line.strip()]
-    load_language_detector(settings.pipeline)
+    check_language_detector(settings.pipeline)
     stage = build_score_stage(engine, settings.pipeline, cache_settings, cache_prefix=settings.redis_prefix)
     scored = rejected = 0
 
@@ -182,7 +182,7 @@ def replay(
     settings = Settings.from_env()
     range_start, range_end = moment(start, "--from"), moment(end, "--to")
     engine = load_engine_or_exit(settings.engine, model, backend)
-    load_language_detector(settings.pipeline)
+    check_language_detector(settings.pipeline)
     err.print(f"replaying with model {engine.model_version} on {engine.backend}")
     try:
         report = asyncio.run(
