@@ -141,3 +141,12 @@ async def test_aggregates_always_equal_a_recomputation_from_documents(store: Per
     await write(item("b", 50, "negative", ["NVDA"]))  # re-scored with new entities: TSLA/AAPL windows shrink
     await write(item("b", 50, "positive", ["TSLA"], version="m2"))  # a second model beside the first
     assert (60, int(base.timestamp()), "entity", "AAPL", "m1") not in await stored_aggregates(store)
+
+
+async def test_the_write_compiles_its_statements_once_whatever_the_batch(store: PersistStage) -> None:
+    """`insert().values(rows)` compiled a new statement for every batch (issue 12); cached statements compile once."""
+    await store.write([scored(f"a-{n}") for n in range(3)])
+    compiled = store.database.sync_engine._compiled_cache
+    size = len(compiled)
+    await store.write([scored(f"b-{n}", source=f"source-{n}") for n in range(7)])  # more rows, more keys
+    assert len(compiled) == size

@@ -11,9 +11,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, text, tuple_
+from sqlalchemy import BigInteger, bindparam, case, delete, func, select, text, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.aggregates import WindowAggregate
@@ -27,19 +29,33 @@ SeriesKey = tuple[int, str, str, str]  # window_s, key_type, key, model_version
 # One series' window starts (epoch s) -> (volume, count_negative), for spike baselines.
 Baselines = dict[SeriesKey, dict[int, tuple[int, int]]]
 
+# Every lock in one round trip: unnest hands the (sorted) ids out in array order, so they are taken in that order.
+_LOCK = text("SELECT pg_advisory_xact_lock(id) FROM unnest(:ids) AS id").bindparams(
+    bindparam("ids", type_=ARRAY(BigInteger))
+)
+
+
+@cache
+def _upsert(insert: Insert) -> Any:
+    """Built once per dialect and executed with a list of rows, so its compiled form is reused."""
+    stmt = insert(Aggregate)
+    overwrite = {c.name: stmt.excluded[c.name] for c in Aggregate.__table__.c if c.name not in (*_AGGREGATE_KEY, "updated_at")}
+    return stmt.on_conflict_do_update(index_elements=list(_AGGREGATE_KEY), set_={**overwrite, "updated_at": func.now()})
+
 
 class AggregateRepository:
     def __init__(self, conn: AsyncConnection, insert: Insert) -> None:
         self.conn = conn
-        self._insert = insert
+        self._upsert = _upsert(insert)
 
     async def lock(self, keys: Iterable[tuple[str, str, str]]) -> None:
         """Serialise workers on these (key_type, key, model_version) until the transaction ends (PostgreSQL)."""
         if self.conn.dialect.name != "postgresql":
             return  # SQLite has one writer at a time anyway
         # Sorted, so two workers locking overlapping keys cannot deadlock.
-        for lock_id in sorted({zlib.crc32("\x1f".join(k).encode()) for k in keys}):
-            await self.conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+        lock_ids = sorted({zlib.crc32("\x1f".join(k).encode()) for k in keys})
+        if lock_ids:
+            await self.conn.execute(_LOCK, {"ids": lock_ids})
 
     async def recompute(self, touched: Touched) -> list[dict[str, Any]]:
         """Rewrite every touched window from the document keys; returns the windows that still hold documents."""
@@ -92,11 +108,7 @@ class AggregateRepository:
             cols = (Aggregate.window_s, Aggregate.window_start, Aggregate.key_type, Aggregate.key, Aggregate.model_version)
             await self.conn.execute(delete(Aggregate).where(tuple_(*cols).in_(emptied)))
         if found:
-            rows = list(found.values())
-            stmt = self._insert(Aggregate).values(rows)
-            excluded = {c: stmt.excluded[c] for c in rows[0] if c not in _AGGREGATE_KEY}
-            stmt = stmt.on_conflict_do_update(index_elements=list(_AGGREGATE_KEY), set_={**excluded, "updated_at": func.now()})
-            await self.conn.execute(stmt)
+            await self.conn.execute(self._upsert, list(found.values()))
         return list(found.values())
 
     async def baselines(self, ranges: dict[SeriesKey, tuple[int, int]]) -> Baselines:

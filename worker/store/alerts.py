@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import Select, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.alerts import Alert
@@ -23,6 +24,12 @@ from worker.store.database import Insert
 Recent = dict[tuple[str, str, str], list[tuple[datetime, str]]]
 
 
+@cache
+def _add(insert: Insert) -> Any:
+    """Built once per dialect, so its compiled form is reused."""
+    return insert(AlertRow).on_conflict_do_nothing()
+
+
 def alert_of(row: Any) -> Alert:
     """An alerts-table row as the message the topic and webhooks carry."""
     return Alert.model_validate({field: getattr(row, field) for field in Alert.model_fields})
@@ -31,7 +38,7 @@ def alert_of(row: Any) -> Alert:
 class AlertRepository:
     def __init__(self, conn: AsyncConnection, insert: Insert) -> None:
         self.conn = conn
-        self._insert = insert
+        self._add = _add(insert)
 
     async def near(self, wanted: Sequence[tuple[str, str, str, datetime, int]]) -> Recent:
         """Stored alerts of each (subscription, key_type, key) within ±cooldown of a window start, in one query."""
@@ -42,26 +49,26 @@ class AlertRepository:
             lo, hi = start - timedelta(seconds=cooldown_s), start + timedelta(seconds=cooldown_s)
             old = ranges.get((subscription_id, key_type, key))
             ranges[(subscription_id, key_type, key)] = (min(lo, old[0]), max(hi, old[1])) if old else (lo, hi)
+        # One shape whatever the number of keys (an expanding IN and the widest range, narrowed here), so its
+        # compiled form is reused: an OR of one clause per key is compiled anew for every batch.
         query = select(AlertRow.subscription_id, AlertRow.key_type, AlertRow.key, AlertRow.window_start, AlertRow.alert_id)
         query = query.where(
-            or_(
-                *(
-                    (AlertRow.subscription_id == sub) & (AlertRow.key_type == kt) & (AlertRow.key == k)
-                    & (AlertRow.window_start > lo) & (AlertRow.window_start < hi)
-                    for (sub, kt, k), (lo, hi) in ranges.items()
-                )
-            )
+            tuple_(AlertRow.subscription_id, AlertRow.key_type, AlertRow.key).in_(list(ranges)),
+            AlertRow.window_start > min(lo for lo, _ in ranges.values()),
+            AlertRow.window_start < max(hi for _, hi in ranges.values()),
         )
         recent: Recent = {}
         for sub, kt, k, start, alert_id in await self.conn.execute(query):
-            recent.setdefault((sub, kt, k), []).append((as_utc(start), alert_id))
+            lo, hi = ranges[(sub, kt, k)]
+            if lo < as_utc(start) < hi:
+                recent.setdefault((sub, kt, k), []).append((as_utc(start), alert_id))
         return recent
 
     async def add(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store alerts not stored before; returns those that were new."""
         added = []
         for row in rows:
-            result = await self.conn.execute(self._insert(AlertRow).values(row).on_conflict_do_nothing())
+            result = await self.conn.execute(self._add, row)
             if result.rowcount:
                 added.append(row)
         return added

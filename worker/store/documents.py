@@ -7,9 +7,11 @@ at-least-once delivery, exactly-once rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
-from sqlalchemy import delete, tuple_
+from sqlalchemy import String, bindparam, delete, func, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.news import ScoredItem
@@ -18,7 +20,19 @@ from worker.stages.aggregates import epoch_seconds, keys_of, window_start
 from worker.store.database import Insert
 
 _KEY = ("doc_id", "model_version")
-_ROWS_PER_STATEMENT = 2000  # PostgreSQL takes at most 32767 parameters a statement
+_OLD_KEYS = (DocumentKey.key_type, DocumentKey.key, DocumentKey.model_version, DocumentKey.event_ts)
+# PostgreSQL takes the batch's ids as two arrays: one statement text whatever the batch's size, where a
+# tuple IN of 500 pairs costs more to parse and plan (500 index scans OR-ed) than to run.
+_IDS = (
+    func.unnest(bindparam("doc_ids", type_=ARRAY(String)), bindparam("versions", type_=ARRAY(String)))
+    .table_valued("doc_id", "model_version")
+    .render_derived()
+)
+_DELETE_KEYS_POSTGRESQL = (
+    delete(DocumentKey)
+    .where(tuple_(DocumentKey.doc_id, DocumentKey.model_version).in_(select(_IDS.c.doc_id, _IDS.c.model_version)))
+    .returning(*_OLD_KEYS)
+)
 
 # (key_type, key, model_version) and the window starts (epoch s) to recompute, per window size.
 Touched = dict[int, dict[tuple[str, str, str], set[int]]]
@@ -63,34 +77,41 @@ def key_rows(item: ScoredItem) -> list[dict[str, Any]]:
     ]
 
 
+@cache
+def _statements(insert: Insert) -> tuple[Any, Any]:
+    """The upsert and the key insert, built once per dialect: executed with a list of rows (executemany), their
+    compiled form is reused, where `values(rows)` would build and compile a new statement for every batch."""
+    upsert = insert(Document)
+    overwrite = {c.name: upsert.excluded[c.name] for c in Document.__table__.c if c.name not in (*_KEY, "stored_at")}
+    return upsert.on_conflict_do_update(index_elements=list(_KEY), set_=overwrite), insert(DocumentKey)
+
+
 class DocumentRepository:
     def __init__(self, conn: AsyncConnection, insert: Insert) -> None:
         self.conn = conn
-        self._insert = insert
+        self._upsert, self._insert_keys = _statements(insert)
 
     async def upsert(self, items: Sequence[ScoredItem]) -> int:
         """Insert or overwrite each (id, model version); returns the rows written."""
         rows = [document_row(i) for i in items]
         if not rows:
             return 0
-        stmt = self._insert(Document).values(rows)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(_KEY), set_={c: stmt.excluded[c] for c in rows[0] if c not in _KEY}
-        )
-        await self.conn.execute(stmt)
+        await self.conn.execute(self._upsert, rows)
         return len(rows)
 
     async def replace_keys(self, items: Sequence[ScoredItem], windows: Sequence[int]) -> Touched:
         """Swap each document's key rows for its current ones; return every window either side touched."""
-        ids = [(i.id, i.model_version) for i in items]
-        old = await self.conn.execute(
-            delete(DocumentKey)
-            .where(tuple_(DocumentKey.doc_id, DocumentKey.model_version).in_(ids))
-            .returning(DocumentKey.key_type, DocumentKey.key, DocumentKey.model_version, DocumentKey.event_ts)
-        )
+        if self.conn.dialect.name == "postgresql":
+            ids = {"doc_ids": [i.id for i in items], "versions": [i.model_version for i in items]}
+            old = await self.conn.execute(_DELETE_KEYS_POSTGRESQL, ids)
+        else:
+            pairs = [(i.id, i.model_version) for i in items]
+            old = await self.conn.execute(
+                delete(DocumentKey).where(tuple_(DocumentKey.doc_id, DocumentKey.model_version).in_(pairs)).returning(*_OLD_KEYS)
+            )
         new = [row for item in items for row in key_rows(item)]
-        for start in range(0, len(new), _ROWS_PER_STATEMENT):
-            await self.conn.execute(self._insert(DocumentKey).values(new[start : start + _ROWS_PER_STATEMENT]))
+        if new:
+            await self.conn.execute(self._insert_keys, new)
         touched: Touched = {w: {} for w in windows}
         new_keys = ((r["key_type"], r["key"], r["model_version"], r["event_ts"]) for r in new)
         for key_type, key, version, event_ts in [*old, *new_keys]:
