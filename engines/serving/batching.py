@@ -17,12 +17,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
 
 from engines.serving.checkpoint import input_prefix, load_tokenizer
+from engines.serving.tokenizer import ServingTokenizer
 from engines.serving.types import SENTIMENT_LABELS, HeadPrediction, Scores
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Texts are cut to max_length * this many characters before tokenising: only the first
 # max_length tokens are kept anyway, and tokenising a 1 MB post in full would stall the worker.
@@ -45,7 +49,7 @@ class Batcher:
 
     def __init__(
         self,
-        tokenizer: PreTrainedTokenizerBase,
+        tokenizer: PreTrainedTokenizerBase | ServingTokenizer,
         *,
         max_length: int,
         token_budget: int,
@@ -77,11 +81,12 @@ class Batcher:
         cls, model_dir: Path, *, max_length: int, token_budget: int, max_rows: int | None = None, max_chunks: int = 1
     ) -> Batcher:
         """A Batcher with model_dir's tokenizer and the label sets from its config.json, for
-        backends that never load the torch model (whose config would carry them)."""
+        backends that never load the torch model (whose config would carry them); the tokenizer
+        runs on `tokenizers` alone where the directory allows (engines/serving/tokenizer.py)."""
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         try:
             return cls(
-                load_tokenizer(model_dir),
+                ServingTokenizer.from_dir(model_dir) or load_tokenizer(model_dir),
                 max_length=max_length,
                 token_budget=token_budget,
                 sentiment_labels=config["sentiment_labels"],
@@ -201,7 +206,7 @@ def pad_rows(rows: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.n
 
 
 def encode_texts(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, max_length: int, prefix: str = ""
+    tokenizer: PreTrainedTokenizerBase | ServingTokenizer, texts: Sequence[str], *, max_length: int, prefix: str = ""
 ) -> list[list[int]]:
     """What the engine and the trainer both feed the model: prefix + text, cut to max_length tokens.
 

@@ -146,12 +146,15 @@ def test_long_text_windows_cover_the_article_within_the_bound(tiny_dir: Path, pr
     assert owners == [0] + [1] * 5 and weights[0] == 1.0 and sum(weights[1:]) == pytest.approx(1.0)
     assert all(len(w) <= batcher.max_length for w in windows)
     assert windows[1] == batcher.encode([ARTICLE])[0]  # the first window is the unchunked encoding
-    prefix_ids = batcher.tokenizer(prefix.strip(), add_special_tokens=False)["input_ids"] if prefix else []
-    head = [batcher.tokenizer.cls_token_id, *prefix_ids]  # every window: [CLS] + the prefix's tokens
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(tiny_dir)  # the serving tokenizer must agree with it
+    prefix_ids = reference(prefix.strip(), add_special_tokens=False)["input_ids"] if prefix else []
+    head = [reference.cls_token_id, *prefix_ids]  # every window: [CLS] + the prefix's tokens
     assert all(w[: len(head)] == head for w in windows[1:])
-    text = [batcher.tokenizer.decode(w, skip_special_tokens=True) for w in windows[1:]]
+    text = [reference.decode(w, skip_special_tokens=True) for w in windows[1:]]
     assert "Paragraph 0 " in text[0]
-    body = batcher.tokenizer(ARTICLE, add_special_tokens=False)["input_ids"]
+    body = reference(ARTICLE, add_special_tokens=False)["input_ids"]
     assert windows[-1][-3:-1] == body[-2:]  # the last chunk ends where the article ends
     assert len(batcher.encode([ARTICLE])[0]) == batcher.max_length
 
@@ -180,3 +183,24 @@ def test_long_text_scores_are_the_token_weighted_mean_of_its_windows(tiny_dir: P
 def test_max_chunks_must_be_positive(tiny_dir: Path) -> None:
     with pytest.raises(ValueError, match="max_chunks"):
         _batcher(tiny_dir, max_chunks=0)
+
+
+def test_serving_tokenizer_gives_the_transformers_ids(tiny_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from engines.serving.batching import encode_texts
+    from engines.serving.tokenizer import ServingTokenizer
+
+    reference, serving = AutoTokenizer.from_pretrained(tiny_dir), ServingTokenizer.from_dir(tiny_dir)
+    assert serving is not None and serving.pad_token_id == reference.pad_token_id
+    texts = ["", " ", "Shares rose 2% after results.", "Ünïcödé ẞ ﬁ ～ $TSLA", "a\u200bb", "\ud800 lone", ARTICLE]
+    for max_length in (8, 32, 512):
+        for prefix in ("", "query: "):
+            assert encode_texts(serving, texts, max_length=max_length, prefix=prefix) == encode_texts(
+                reference, texts, max_length=max_length, prefix=prefix
+            )
+    options = {"add_special_tokens": False, "return_offsets_mapping": True}
+    expected = reference(["query: " + ARTICLE[:500]], **options)
+    found = serving(["query: " + ARTICLE[:500]], **options)
+    assert found["input_ids"] == expected["input_ids"]
+    assert [list(map(tuple, row)) for row in found["offset_mapping"]] == [list(map(tuple, row)) for row in expected["offset_mapping"]]
