@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -177,6 +178,14 @@ class Worker:
                 return response.status == 200
         except OSError:
             return False
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """/health's status and body: 200 when ready, 503 with the problems when not."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
 
     @property
     def running(self) -> bool:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -45,14 +43,6 @@ def java_send(topic: str, partition: int, codec: str, items: list[dict]) -> None
     assert done.returncode == 0, f"Java producer ({codec}) failed:\n{done.stderr.decode(errors='replace')[-3000:]}"
 
 
-def health(worker: Worker) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/health", timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def stored_ids(pipeline: Pipeline) -> Counter[str]:
     return Counter(r["doc_id"] for r in pipeline.db.fetch("SELECT doc_id FROM documents"))
 
@@ -81,8 +71,8 @@ def test_an_undecodable_batch_pauses_only_its_partition(pipeline: Pipeline, tmp_
         readable += [item["id"] for item in items]
 
     pipeline.wait_stored(len(readable), timeout=90)
-    wait_for(lambda: health(pipeline.worker)[0] == 503, 30, "/health to report the paused partition", pipeline.worker)
-    status, report = health(pipeline.worker)
+    wait_for(lambda: pipeline.worker.health()[0] == 503, 30, "/health to report the paused partition", pipeline.worker)
+    status, report = pipeline.worker.health()
     [problem] = report["problems"]
     assert problem["component"] == f"partition {docs}[0]" and "snappy" in problem["reason"], report
     assert pipeline.worker.metric("finpulse_undecodable_batches_total", topic=docs) == 1
@@ -100,6 +90,6 @@ def test_an_undecodable_batch_pauses_only_its_partition(pipeline: Pipeline, tmp_
         pipeline.worker = successor
         pipeline.wait_stored(len(readable) + len(blocked), timeout=90)
         assert stored_ids(pipeline) == Counter(readable + [item["id"] for item in blocked])
-        assert health(successor)[0] == 200
+        assert successor.health()[0] == 200
     finally:
         successor.stop()

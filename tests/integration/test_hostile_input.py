@@ -12,8 +12,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -98,14 +96,6 @@ def test_hostile_records_end_in_the_dlq_once_and_their_batch_mates_are_stored(pi
     assert pipeline.worker.stop(), "SIGTERM did not stop the worker within 30 s"
 
 
-def _health(pipeline: Pipeline) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{pipeline.worker.port}/health", timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def _set_connections(pipeline: Pipeline, allowed: bool) -> None:
     """Open or close the test database to new connections and end the open ones: the store is away."""
 
@@ -122,20 +112,20 @@ def _set_connections(pipeline: Pipeline, allowed: bool) -> None:
 
 
 def test_a_stage_stuck_on_retries_is_not_ready_until_it_gets_through(pipeline: Pipeline) -> None:
-    assert _health(pipeline)[0] == 200
+    assert pipeline.worker.health()[0] == 200
     _set_connections(pipeline, allowed=False)
     try:
         items = sample_items(10, seed=21, prefix="stuck")
         pipeline.send_items(items)
-        wait_for(lambda: _health(pipeline)[0] == 503, 60, "/health to report the stuck persist stage", pipeline.worker)
-        status, report = _health(pipeline)
+        wait_for(lambda: pipeline.worker.health()[0] == 503, 60, "/health to report the stuck persist stage", pipeline.worker)
+        status, report = pipeline.worker.health()
         [problem] = report["problems"]
         assert problem["component"] == "persist" and "SQL write failing" in problem["reason"], report
         assert pipeline.worker.metric("finpulse_stalled", component="persist") == 1
     finally:
         _set_connections(pipeline, allowed=True)
     pipeline.wait_stored(len(items), timeout=60)
-    wait_for(lambda: _health(pipeline)[0] == 200, 30, "/health to be ok again", pipeline.worker)
+    wait_for(lambda: pipeline.worker.health()[0] == 200, 30, "/health to be ok again", pipeline.worker)
     assert pipeline.worker.metric("finpulse_stalled", component="persist") == 0
     rows = pipeline.db.fetch("SELECT doc_id FROM documents")
     assert Counter(r["doc_id"] for r in rows) == Counter(i["id"] for i in items)
