@@ -42,7 +42,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         self._published: set[TP] = set()
 
     async def _fetch_records(
-        self, consumer: Any, active_partitions: set[TP], timeout: float | None = None, max_records: int | None = None
+        self, consumer: Any, active_partitions: set[TP] | None, timeout: float | None = None, max_records: int | None = None
     ) -> RecordMap:
         if not self.consumer.flow_active:
             return {}
@@ -50,7 +50,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if consumer._closed or fetcher._closed:
             raise ConsumerStoppedError()
         self._forget_unassigned(consumer)
-        partitions = [tp for tp in active_partitions or () if tp not in self.paused_on]
+        wanted = consumer.assignment() if active_partitions is None else active_partitions  # None: every one
+        partitions = [tp for tp in wanted if tp not in self.paused_on]
         with fetcher._subscriptions.fetch_context():
             drained = await self._drain(consumer, partitions, max_records)
             if drained or not timeout:
