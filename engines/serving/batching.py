@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property
+from itertools import takewhile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -131,11 +133,16 @@ class Batcher:
         chunked = dict(zip(long_texts, self._chunk([texts[i] for i in long_texts]))) if long_texts else {}
         for i, ids in enumerate(encoded):
             rows = chunked.get(i) or [ids]
-            sizes = [len(row) for row in rows]
+            total = sum(len(row) for row in rows)
             windows += rows
             owners += [i] * len(rows)
-            weights += [size / sum(sizes) for size in sizes]
+            weights += [len(row) / total for row in rows]
         return windows, owners, weights
+
+    @cached_property
+    def _specials(self) -> list[int]:
+        """The special tokens around one sequence ([CLS] … [SEP], <s> … </s>), from an empty text's encoding."""
+        return list(self.tokenizer("", return_attention_mask=False, return_token_type_ids=False)["input_ids"])
 
     def _chunk(self, texts: Sequence[str]) -> list[list[list[int]]]:
         """Each text's windows (see the module's docstring); the first is what `encode` gives."""
@@ -147,13 +154,13 @@ class Batcher:
             return_token_type_ids=False,
             verbose=False,  # no "longer than the maximum sequence length" warning: that is the point
         )
-        # The special tokens around one sequence ([CLS] … [SEP], <s> … </s>), from an empty text's encoding.
-        opening, *closing = self.tokenizer("", return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        opening, *closing = self._specials
         room = self.max_length - 1 - len(closing)
         chunks = []
         for n, ids in enumerate(full["input_ids"]):
             # The prefix's tokens are those that end inside it; they lead every window.
-            cut = sum(1 for _, end in full["offset_mapping"][n] if end <= len(self.prefix)) if self.prefix else 0
+            offsets = full["offset_mapping"][n] if self.prefix else ()
+            cut = sum(1 for _ in takewhile(lambda offset: offset[1] <= len(self.prefix), offsets))
             head, body = ids[:cut], ids[cut:]
             step = max(1, room - len(head))
             starts = range(0, len(body), step)

@@ -57,15 +57,20 @@ class ServingTokenizer:
         the first tokens of the text and then adds the special tokens, as transformers does for one sequence."""
         single = isinstance(texts, str)
         encodings = self._tokenizer.encode_batch([texts] if single else list(texts), add_special_tokens=False)
-        ids = [encoding.ids for encoding in encodings]
-        offsets = [encoding.offsets for encoding in encodings]
+        room = None
         if truncation and max_length is not None:
             room = max(0, max_length - (1 + len(self._closing) if add_special_tokens else 0))
-            ids, offsets = [row[:room] for row in ids], [row[:room] for row in offsets]
-        if add_special_tokens:
-            ids = [[self._opening, *row, *self._closing] for row in ids]
-            offsets = [[(0, 0), *row, *[(0, 0)] * len(self._closing)] for row in offsets]
+        ids = [self._wrap(encoding.ids[:room], add_special_tokens, self._opening, self._closing) for encoding in encodings]
         found: dict[str, Any] = {"input_ids": ids[0] if single else ids}
-        if return_offsets_mapping:
+        if return_offsets_mapping:  # built only when asked: the per-batch call needs the ids alone
+            none = (0, 0)
+            offsets = [
+                self._wrap(encoding.offsets[:room], add_special_tokens, none, [none] * len(self._closing))
+                for encoding in encodings
+            ]
             found["offset_mapping"] = offsets[0] if single else offsets
         return found
+
+    @staticmethod
+    def _wrap(row: list[Any], add_special_tokens: bool, opening: Any, closing: list[Any]) -> list[Any]:
+        return [opening, *row, *closing] if add_special_tokens else list(row)

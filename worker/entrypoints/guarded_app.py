@@ -94,6 +94,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def _forget_unassigned(self, consumer: Any) -> None:
         """A partition that moved to another worker is no longer this worker's problem."""
+        if not self.paused_on:
+            return
         assigned = consumer.assignment()
         gone = [tp for tp in self.paused_on if tp not in assigned]
         for tp in gone:

@@ -99,7 +99,8 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         while True:
             try:
                 await topic.send(key=key, value=value)
-                app.readiness.recovered(f"send {name}")
+                if attempt:  # only a send that reported trouble clears it: no lock on the per-message path
+                    app.readiness.recovered(f"send {name}")
                 return None
             except REFUSED_RECORDS as exc:
                 metrics.SEND_FAILURES.labels(name).inc()
