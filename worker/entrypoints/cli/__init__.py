@@ -4,15 +4,16 @@
 - `pipeline.py`: services, db, worker, produce, score, replay, api, demo;
 - `models.py`: train, export, bench, model tiny;
 - `subscriptions.py`: subscriptions add, list, rm;
-- `access.py`: tokens create, list, revoke; secrets generate-key, rotate.
+- `access.py`: tokens create, list, revoke; secrets generate-key, rotate;
+- `report.py`: report (an HTML page of a period of the store).
 """
 
 # Imported for their commands, in the order `finpulse --help` lists them: the pipeline's first.
 from worker.entrypoints.cli import pipeline  # isort: skip
-from worker.entrypoints.cli import access, models, subscriptions  # isort: skip
+from worker.entrypoints.cli import access, models, report, subscriptions  # isort: skip
 from worker.entrypoints.cli.app import cli
 
-__all__ = ["access", "cli", "main", "models", "pipeline", "subscriptions"]
+__all__ = ["access", "cli", "main", "models", "pipeline", "report", "subscriptions"]
 
 
 def main() -> None:
