@@ -63,6 +63,9 @@ class ScoredItem(BaseModel):
         description="When it happened: published_at, else when it reached Kafka; windows are cut on this"
     )
     model_version: str
+    received_at: datetime | None = Field(
+        None, description="When it reached Kafka (the docs message's timestamp): the start of the end-to-end latency"
+    )
     scored_at: datetime
     latency_ms: float = Field(description="From the item reaching the scorer to its score, in ms")
     cached: bool = Field(description="True when the score came from the Redis cache")

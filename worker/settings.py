@@ -71,6 +71,9 @@ def env(name: str, default: Any, description: str, **constraints: Any) -> Any:
     return Field(default, description=description, json_schema_extra={"env": PREFIX + name}, **constraints)
 
 
+LogFormat = Literal["text", "json"]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -155,6 +158,9 @@ class EngineSettings(Section):
         ge=8, le=1_048_576,
     )
     threads: OptionalInt = env("ENGINE_THREADS", None, "CPU threads for the engine (default: the runtime's)", ge=1, le=1024)
+    model_poll_s: float = env(
+        "MODEL_POLL_S", 5.0, "Workers check the store for a promoted live model this often (`finpulse promote`), s", gt=0, le=3600
+    )
 
 
 class CacheSettings(Section):
@@ -223,6 +229,10 @@ class Settings(Section):
         "NAMESPACE", "finpulse",
         "Prefix of topics, the consumer group and Redis keys, so deployments can share a cluster",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$",
+    )
+    log_format: LogFormat = env(
+        "LOG_FORMAT", "text",
+        "Log lines: `text`, or `json` (one object a line with namespace, stage, topic, partition, offset) for log pipelines",
     )
     kafka: KafkaSettings = KafkaSettings()
     pipeline: PipelineSettings = PipelineSettings()

@@ -90,7 +90,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         metrics.UNDECODABLE_BATCHES.labels(tp.topic).inc()
         self._publish()
         log.error("partition %s[%d] %s; the other partitions go on (restart once the batch can be read)",
-                  tp.topic, tp.partition, reason)
+                  tp.topic, tp.partition, reason, extra={"topic": tp.topic, "partition": tp.partition, "offset": position})
 
     def _forget_unassigned(self, consumer: Any) -> None:
         """A partition that moved to another worker is no longer this worker's problem."""

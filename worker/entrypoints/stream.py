@@ -30,8 +30,10 @@ from engines import Engine
 from worker import metrics
 from worker.backoff import Backoff
 from worker.delivery.outbox import AlertOutbox
+from worker.entrypoints.consumer_lag import LagReporter
 from worker.entrypoints.guarded_app import GuardedApp
 from worker.kafka_security import client_options, faust_credentials
+from worker.logs import record_fields, stage_context
 from worker.settings import Settings
 from worker.stages.decode import decode, decode_scored
 from worker.stages.persist import PersistStage
@@ -120,7 +122,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
             if failed:  # the letter is capped to fit, so only a broker with a smaller limit gets here
                 record = reject.record
                 log.error("could not dead-letter %s[%s]@%s (%s): %r", record.topic, record.partition, record.offset,
-                          reject.reason, failed)
+                          reject.reason, failed, extra=record_fields(record))
 
     async def emit_scored(batch: Sequence[Accepted]) -> None:
         for accepted in batch:
@@ -132,6 +134,8 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     @app.agent(docs, concurrency=1)
     async def score(stream: faust.StreamT[bytes]) -> None:
         """Decode and score each batch; emit ScoredItems and dead letters, then ack."""
+        stage_context("score")
+        log.info("scoring %s into %s", docs.get_topic_name(), scored.get_topic_name())
         stage = build_score_stage(engine, settings.pipeline, settings.cache, cache_prefix=settings.redis_prefix)
         try:
             async for events in stream.noack_take(kafka.batch_max, within=kafka.batch_wait_ms / 1000):
@@ -147,6 +151,8 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     @app.agent(scored, concurrency=1)
     async def persist(stream: faust.StreamT[bytes]) -> None:
         """Store each batch durably, emit the recomputed windows, then ack."""
+        stage_context("persist")
+        log.info("storing %s in SQL", scored.get_topic_name())
         database = make_engine(settings.store.url)
         subscriptions = LiveSubscriptions(SubscriptionRepository(database), settings.store.subscriptions_refresh_s)
         stage = PersistStage(database, settings.store, subscriptions, readiness=app.readiness)
@@ -164,6 +170,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     @app.task
     async def send_alerts() -> None:
         """Publish stored alerts to <ns>.alerts and POST their webhooks (worker/delivery/outbox.py)."""
+        stage_context("outbox")
         database = make_engine(settings.store.url)
         try:
             outbox = AlertOutbox(database, settings.webhooks, kafka_url=kafka.url, topic=settings.topic("alerts"),
@@ -171,6 +178,12 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
             await outbox.run()
         finally:
             await asyncio.shield(database.dispose())
+
+    lag = LagReporter(app, {docs.get_topic_name(), scored.get_topic_name()})
+
+    @app.timer(5.0)
+    async def report_consumer_lag() -> None:
+        await lag.update()
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:

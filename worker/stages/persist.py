@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from schemas.news import ScoredItem
 from worker import metrics
 from worker.backoff import Backoff, is_permanent
 from worker.health import Readiness
+from worker.logs import record_fields
 from worker.settings import StoreSettings
 from worker.stages import rules
 from worker.stages.records import Accepted, Reject
@@ -106,6 +108,7 @@ class PersistStage:
                 watching = await self.subscriptions.current() if self.subscriptions else ()
                 result.aggregates += await self.write([a.value for a in batch], watching)
                 result.stored += len(batch)
+                _observe_stored(batch)
                 metrics.STORE_UP.set(1)
                 self.readiness.recovered("persist")
                 return
@@ -122,12 +125,26 @@ class PersistStage:
                 await asyncio.sleep(delay)
         self.readiness.recovered("persist")  # the database answers: it refused rows, which are isolated below
         if len(batch) == 1:
-            log.error("SQL store rejected document %s: %s", batch[0].value.id, _short(refused))
+            log.error("SQL store rejected document %s: %s", batch[0].value.id, _short(refused),
+                      extra=record_fields(batch[0].record))
             result.rejected.append(Reject(batch[0].record, "store_rejected", str(refused)[:500], stage="persist"))
             return
         middle = len(batch) // 2
         for half in (batch[:middle], batch[middle:]):
             await self._write_durably(half, result)
+
+
+def _observe_stored(batch: Sequence[Accepted[ScoredItem]]) -> None:
+    """Throughput, batch size and end-to-end latency of a committed batch, for /metrics."""
+    now = time.time()
+    metrics.DOCUMENTS_STORED.inc(len(batch))
+    metrics.PERSIST_BATCH_DOCUMENTS.observe(len(batch))
+    metrics.LAST_STORED.set(now)
+    for accepted in batch:
+        item = accepted.value
+        metrics.END_TO_END.labels("event").observe(max(0.0, now - item.event_time.timestamp()))
+        if item.received_at is not None:
+            metrics.END_TO_END.labels("kafka").observe(max(0.0, now - item.received_at.timestamp()))
 
 
 def _short(exc: BaseException) -> str:

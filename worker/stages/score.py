@@ -61,7 +61,8 @@ class ScoreStage:
         except Exception:
             metrics.ENGINE_ERRORS.inc()
             raise
-        metrics.ENGINE_SECONDS.observe(time.perf_counter() - started)
+        metrics.ENGINE_SECONDS.labels(self.engine.backend).observe(time.perf_counter() - started)
+        metrics.ENGINE_BATCH_TEXTS.observe(len(texts))
         metrics.ENGINE_BATCHES.inc()
         metrics.ENGINE_TEXTS.inc(len(texts))
         return results
@@ -140,6 +141,7 @@ class ScoreStage:
                     sentiment_score=scores.sentiment_score,
                     event_time=item.published_at or at,
                     model_version=version,
+                    received_at=at,
                     scored_at=now,
                     latency_ms=round(latency_ms, 3),
                     cached=not from_engine,

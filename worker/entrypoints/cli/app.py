@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -10,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from worker.settings import EngineSettings, PipelineSettings
+from worker import logs
+from worker.settings import EngineSettings, PipelineSettings, Settings
 
 if TYPE_CHECKING:
     from engines import Engine
@@ -29,8 +29,12 @@ cli.add_typer(secrets_cli, name="secrets")
 err = Console(stderr=True)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def setup_logging(level: str, settings: Settings | None = None) -> None:
+    """Text lines, or JSON lines when the settings say so (FINPULSE_LOG_FORMAT)."""
+    if settings is None:
+        logs.setup(level)
+    else:
+        logs.setup(level, settings.log_format, settings.namespace)
 
 
 def progress() -> Progress:

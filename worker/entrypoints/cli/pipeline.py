@@ -22,6 +22,7 @@ from worker.entrypoints.cli.app import (
     progress,
     setup_logging,
 )
+from worker import logs
 from worker.settings import Settings
 
 
@@ -52,15 +53,17 @@ def worker(loglevel: Annotated[str, typer.Option(help="debug, info, warning")] =
     from worker.logfilter import Throttle
     from worker.topics import ensure_topics
 
-    setup_logging(loglevel)
     settings = Settings.from_env()
+    setup_logging(loglevel, settings)
     ensure_topics(settings)
     engine = load_engine_or_exit(settings.engine)
     check_language_detector(settings.pipeline)
     err.print(f"model {engine.model_version} on {engine.backend}; namespace {settings.namespace}")
     app = create_app(settings, engine)
     logging.getLogger("aiokafka").addFilter(Throttle(every_s=10))  # reconnect errors while a broker is down
-    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+    # Faust's own coloured text lines, unless JSON is asked for: then the same config as every other line.
+    json_logs = logs.logging_config(loglevel, "json", settings.namespace) if settings.log_format == "json" else None
+    faust.Worker(app, loglevel=loglevel, logging_config=json_logs).execute_from_commandline()
 
 
 @cli.command()
@@ -232,4 +235,5 @@ def api(
         raise typer.Exit(2) from None
     if not settings.api.token:
         err.print("[yellow]FINPULSE_API_TOKEN is unset: only tokens from `finpulse tokens create` are accepted[/yellow]")
-    uvicorn.run(app, host=host or settings.api.host, port=port or settings.api.port, log_level=loglevel)
+    log_config = logs.logging_config(loglevel, settings.log_format, settings.namespace)
+    uvicorn.run(app, host=host or settings.api.host, port=port or settings.api.port, log_level=loglevel, log_config=log_config)
