@@ -13,7 +13,7 @@ LOCK_ARGS ?=
 UV_COMPILE = --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	--custom-compile-command "make lock" $(LOCK_ARGS)
 
-.PHONY: install services services-down demo test test-unit test-integration test-faults lock clean
+.PHONY: install services services-down tools demo test test-unit test-integration test-faults lock clean
 
 install: $(STAMP)
 
@@ -33,11 +33,16 @@ services:
 services-down:
 	$(PYTHON) -m ops.services down
 
+# Checking tools from Debian packages (promtool and prometheus for ops/prometheus and the dashboard test),
+# installed with apt-get when missing (as root).
+tools:
+	$(PYTHON) -m ops.tools install
+
 demo: install
 	$(PY) -m worker demo
 
 # Unit tests need nothing running; integration tests talk to the real services.
-test: install services
+test: install services tools
 	$(PY) -m pytest
 
 test-unit: install
