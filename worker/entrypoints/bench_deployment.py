@@ -128,6 +128,11 @@ class Deployment:
             time.sleep(0.1)
         raise RuntimeError(f"the worker was not healthy after {timeout_s:.0f} s:\n{self.log_tail()}")
 
+    @property
+    def worker_pid(self) -> int:
+        assert self.proc is not None, "the worker has not been started"
+        return self.proc.pid
+
     def check_running(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(f"the worker exited ({self.proc and self.proc.returncode}):\n{self.log_tail()}")
