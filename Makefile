@@ -13,7 +13,7 @@ LOCK_ARGS ?=
 UV_COMPILE = --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	--custom-compile-command "make lock" $(LOCK_ARGS)
 
-.PHONY: install services services-down tools demo test test-unit test-integration test-faults lock clean
+.PHONY: install services services-down tools k8s-tools demo test test-unit test-integration test-faults lock clean
 
 install: $(STAMP)
 
@@ -42,7 +42,7 @@ demo: install
 	$(PY) -m worker demo
 
 # Unit tests need nothing running; integration tests talk to the real services.
-test: install services tools
+test: install services tools k8s-tools
 	$(PY) -m pytest
 
 test-unit: install
@@ -68,6 +68,15 @@ lock: $(if $(filter $(UV_TOOL),$(UV)),$(UV_TOOL))
 $(UV_TOOL): $(LOCKS)/uv.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade --require-hashes --target $(UV_HOME) -r $(LOCKS)/uv.txt
+	touch $@
+
+# Pinned kustomize, kubeconform (Go module proxy), KEDA's CRDs and the Kubernetes JSON schemas, which
+# tests/ops/test_k8s_manifests.py checks ops/k8s with. Needs Go (ops/k8s/tools.sh).
+K8S_TOOLS := $(VENV)/.tools/k8s
+k8s-tools: $(K8S_TOOLS)/.installed
+
+$(K8S_TOOLS)/.installed: ops/k8s/tools.sh ops/k8s/tools-requirements.txt | $(STAMP)
+	PYTHON=$(PY) ops/k8s/tools.sh $(K8S_TOOLS)
 	touch $@
 
 clean:
