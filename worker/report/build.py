@@ -53,7 +53,7 @@ async def build_report(database_url: str, request: ReportRequest, say: Callable[
         say("reading the store…")
         period, notes = await _period(store, start_ts, end_ts, request.model_version)
         first_ts, last_ts, documents = await store.span(period)
-        bucket_s = charts.bucket_size(last_ts - first_ts + 1)
+        bucket_s = charts.bucket_size(last_ts - first_ts + 1, max_points=48)  # a few documents per point
         entities = list(request.entities) or await _watched(store, period, request.top)
         alerts = await store.alerts(period)
         say(f"{documents} documents of model {period.model_version}; entities: {', '.join(entities) or 'none'};"

@@ -161,6 +161,11 @@ def timing(rows: Sequence[tuple[datetime, datetime, datetime]], max_points: int 
 # --- figures -------------------------------------------------------------------------------------------------
 
 
+def _x(epoch: int) -> datetime:
+    """A time for plotly.js, which ignores offsets: UTC, without one."""
+    return as_datetime(epoch).replace(tzinfo=None)
+
+
 def _layout(figure: go.Figure, title: str, y_title: str, height: int = 380) -> go.Figure:
     figure.update_layout(
         title={"text": title, "x": 0.01}, height=height, margin={"l": 60, "r": 20, "t": 50, "b": 40},
@@ -174,14 +179,14 @@ def sentiment_figure(title: str, series: dict[str, Series], alerts: Sequence[Ale
     figure = go.Figure()
     for key, line in series.items():
         figure.add_trace(go.Scatter(
-            x=[as_datetime(ts) for ts in line.bucket_ts], y=line.mean_score, mode="lines+markers", name=key,
+            x=[_x(ts) for ts in line.bucket_ts], y=line.mean_score, mode="lines+markers", name=key,
             customdata=list(zip(line.volume, line.negative)),
             hovertemplate=f"{key}<br>%{{x}}<br>mean score %{{y:+.2f}}<br>%{{customdata[0]}} docs, %{{customdata[1]}} negative"
                           "<extra></extra>",
         ))
     if alerts:
         figure.add_trace(go.Scatter(
-            x=[as_datetime(p.bucket_ts) for p in alerts], y=[p.score for p in alerts], mode="markers", name="alerts",
+            x=[_x(p.bucket_ts) for p in alerts], y=[p.score for p in alerts], mode="markers", name="alerts",
             marker={"symbol": "triangle-down", "size": 15, "color": ALERT_COLOUR, "line": {"width": 1, "color": "#ffffff"}},
             text=[f"{p.key}: {p.text}" for p in alerts], hovertemplate="%{text}<extra></extra>",
         ))
@@ -193,7 +198,7 @@ def volume_figure(series: Series | None, bucket_s: int) -> go.Figure:
     """Documents per bucket, stacked by label; `series` holds the global key's negatives and volumes."""
     figure = go.Figure()
     if series is not None:
-        x = [as_datetime(ts) for ts in series.bucket_ts]
+        x = [_x(ts) for ts in series.bucket_ts]
         figure.add_trace(go.Bar(x=x, y=series.negative, name="negative", marker_color=COLOURS["negative"]))
         figure.add_trace(go.Bar(x=x, y=[v - n for v, n in zip(series.volume, series.negative)], name="not negative",
                                 marker_color=COLOURS["neutral"]))
@@ -215,7 +220,7 @@ def topic_figure(totals: Sequence[tuple[str, dict[str, int]]]) -> go.Figure:
 def throughput_figure(shaped: Timing) -> go.Figure:
     """Documents stored per second, averaged over each bucket of stored_at."""
     figure = go.Figure(go.Bar(
-        x=[as_datetime(ts) for ts, _ in shaped.stored_per_bucket],
+        x=[_x(ts) for ts, _ in shaped.stored_per_bucket],
         y=[count / shaped.bucket_s for _, count in shaped.stored_per_bucket], name="stored", marker_color="#2680c2",
     ))
     return _layout(figure, f"Documents stored per second (mean over {describe_seconds(shaped.bucket_s)}, stored time)",
