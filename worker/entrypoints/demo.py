@@ -4,7 +4,8 @@ Local Kafka (started if needed), SQLite, no Redis, and the starter model (multil
 with finpulse's sentiment and topic heads, built offline once) unless FINPULSE_MODEL_DIR points
 at another. It produces multilingual items plus a
 few malformed ones, waits until the worker has stored them, and prints a summary:
-documents per language, entity aggregates and the alerts one subscription fired.
+documents per language, entity aggregates and the alerts one subscription fired; then it
+writes the run's HTML report (`finpulse report`) to demo-data/report.html.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -110,11 +112,28 @@ def run_demo(count: int = 210) -> int:
         _summary(db_path)
         console.print(_describe(model_dir))
         console.print(f"stored {stored}/{count} documents in {db_path}; malformed ones went to {settings.topic('dlq')}")
+        if stored:
+            console.print(f"report of this run (open it in a browser, it works offline): {_report(db_path, settings.store.url)}")
         return 0 if stored == count else 1
     finally:
         worker.terminate()
         worker.wait(30)
         _delete_topics(settings)
+
+
+def _report(db_path: Path, database_url: str) -> Path:
+    """`finpulse report` over the run's documents, written next to its database."""
+    from worker.report.build import ReportRequest, build_report
+    from worker.report.page import write_page
+    from worker.stages.aggregates import as_utc
+
+    with sqlite3.connect(db_path) as conn:
+        first, last = conn.execute("SELECT min(event_time), max(event_time) FROM documents").fetchone()
+    start = as_utc(datetime.fromisoformat(first)).replace(microsecond=0)
+    end = as_utc(datetime.fromisoformat(last)).replace(microsecond=0) + timedelta(seconds=1)
+    with console.status("writing the report…"):
+        report = asyncio.run(build_report(database_url, ReportRequest(start, end)))
+    return write_page(DEMO_DIR / "report.html", report.html)
 
 
 async def _subscribe(database_url: str) -> None:
