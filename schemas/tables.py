@@ -174,3 +174,24 @@ class ApiTokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelVersionRow(Base):
+    """A model version the store knows: where its checkpoint lies and its role (`finpulse promote`, replay --shadow).
+
+    `live` is the one the workers score with and the API shows; at most one row holds it (a partial unique
+    index), and `finpulse promote` moves it in one transaction, which running workers poll. `shadow` rows were
+    written beside the live ones by `finpulse replay --shadow`, with no alerts; `retired` ones were live before.
+    """
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        Index("uq_model_versions_live", "role", unique=True,
+              postgresql_where=text("role = 'live'"), sqlite_where=text("role = 'live'")),
+    )
+
+    model_version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_dir: Mapped[str] = mapped_column(String(2048), doc="Checkpoint directory every worker can read")
+    role: Mapped[str] = mapped_column(String(16), doc="live, shadow or retired")
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

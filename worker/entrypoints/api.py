@@ -41,6 +41,7 @@ from worker.security.secret_box import SecretBox, SecretKeyMissing
 from worker.settings import Settings
 from worker.stages.aggregates import as_utc
 from worker.store.database import make_engine
+from worker.store.models import ModelRegistry
 from worker.store.subscriptions import SubscriptionError, SubscriptionRepository, validate_spec
 from worker.store.tokens import MIN_TOKEN_CHARS, SCOPES, TokenRepository
 from worker.store.unit_of_work import reading
@@ -94,6 +95,7 @@ def create_api(settings: Settings) -> FastAPI:
     engine = make_engine(settings.store.url)
     repository = SubscriptionRepository(engine, box)
     tokens = TokenRepository(engine)
+    registry = ModelRegistry(engine)
     windows = settings.store.windows
     every_scope = frozenset(SCOPES)
 
@@ -214,15 +216,21 @@ def create_api(settings: Settings) -> FastAPI:
         window_s: Annotated[int, Query(description="Window size, seconds: one of FINPULSE_WINDOWS")] = 60,
         since: Annotated[datetime | None, Query(description="Windows starting at or after this (UTC if no offset)")] = None,
         until: Annotated[datetime | None, Query(description="Windows starting before this (UTC if no offset)")] = None,
-        model_version: Annotated[str | None, Query(description="Only this model's scores (default: every model)")] = None,
+        model_version: Annotated[
+            str | None, Query(description="This model's scores (default: the live one; every model while none is registered)")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=10_000, description="The latest this many points")] = 1000,
     ) -> list[WindowAggregate]:
-        """One key's sentiment per window, oldest first: the latest `limit` points in the range, one per model version."""
+        """One key's sentiment per window, oldest first: the latest `limit` points in the range, of the live model
+        (`finpulse promote`) unless `model_version` names another, e.g. a shadow one."""
         if window_s not in windows:
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 f"window_s={window_s} is not one of the worker's windows {windows} (FINPULSE_WINDOWS)",
             )
+        if model_version is None:
+            live = await registry.live()
+            model_version = live.model_version if live else None
         async with reading(engine) as store:
             return await store.aggregates.series(
                 key_type=key_type, key=key, window_s=window_s, since=_utc(since), until=_utc(until),

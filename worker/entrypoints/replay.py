@@ -16,6 +16,11 @@ transaction upserts the documents, recomputes the aggregates and judges the aler
   and are sent to the alerts topic either way.
 - Messages that fail validation were dead-lettered when they first arrived; a replay
   counts them but does not dead-letter them a second time.
+- Shadow (`--shadow`): a candidate model's rows beside the live ones and nothing else: no
+  rule is judged (so no alert, no alerts-topic message, no webhook) and no window goes to
+  the aggregates topic; the version is registered as `shadow` (worker/store/models.py), so
+  the API keeps showing the live one, `finpulse compare-models` compares the two and
+  `finpulse promote` can make it live. The live version itself cannot be replayed as a shadow.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tqdm import tqdm
 
 from engines import Engine
 from worker.delivery.outbox import AlertOutbox
+from worker.entrypoints.live_model import shared_path
 from worker.kafka_security import client_options
 from worker.settings import Settings
 from worker.stages.decode import decode
@@ -38,6 +44,7 @@ from worker.stages.persist import PersistStage
 from worker.stages.records import Record, Reject
 from worker.stages.score import ScoreStage, build_score_stage
 from worker.store.database import make_engine
+from worker.store.models import ModelRegistry
 from worker.store.subscriptions import LiveSubscriptions, SubscriptionRepository
 from worker.topics import bootstrap_servers
 
@@ -60,9 +67,12 @@ class ReplayReport:
             self.rejected[reject.reason] = self.rejected.get(reject.reason, 0) + 1
 
 
-def replay_group(settings: Settings, topic: str, start: datetime, end: datetime, model_version: str) -> str:
+def replay_group(
+    settings: Settings, topic: str, start: datetime, end: datetime, model_version: str, shadow: bool = False
+) -> str:
     """The same topic, range and model always get the same group, which is what makes a replay resumable."""
-    digest = hashlib.sha256(f"{topic}|{start.isoformat()}|{end.isoformat()}|{model_version}".encode()).hexdigest()
+    identity = f"{topic}|{start.isoformat()}|{end.isoformat()}|{model_version}" + ("|shadow" if shadow else "")
+    digest = hashlib.sha256(identity.encode()).hexdigest()
     return f"{settings.namespace}-replay-{digest[:12]}"
 
 
@@ -114,13 +124,17 @@ async def replay(
     batch_size: int = 256,
     max_messages: int | None = None,
     progress: bool = True,
+    shadow_model_dir: str | None = None,
 ) -> ReplayReport:
+    """shadow_model_dir: replay as a shadow (see the module's docstring), registering the engine's version with
+    this checkpoint directory."""
     if start.tzinfo is None or end.tzinfo is None:
         raise ReplayError("--from and --to need a time zone (e.g. 2026-11-28T08:00:00Z)")
     if end <= start:
         raise ReplayError(f"empty range: --to ({end.isoformat()}) must be after --from ({start.isoformat()})")
     topic = topic or settings.topic("docs")
-    group = replay_group(settings, topic, start, end, engine.model_version)
+    shadow = shadow_model_dir is not None
+    group = replay_group(settings, topic, start, end, engine.model_version, shadow)
     report = ReplayReport(group=group)
     brokers = bootstrap_servers(settings.kafka.url)
     security = client_options(settings.kafka)
@@ -130,11 +144,13 @@ async def replay(
     outbox = AlertOutbox(database, settings.webhooks, kafka_url=settings.kafka.url, topic=settings.topic("alerts"),
                          kafka_options=security)
     subscriptions = LiveSubscriptions(SubscriptionRepository(database), settings.store.subscriptions_refresh_s)
-    persist = PersistStage(database, settings.store, subscriptions, deliver_webhooks=deliver_webhooks)
+    persist = PersistStage(database, settings.store, None if shadow else subscriptions, deliver_webhooks=deliver_webhooks)
     score = build_score_stage(engine, settings.pipeline, settings.cache, cache_prefix=settings.redis_prefix)
     try:
         await consumer.start()
         await producer.start()
+        if shadow_model_dir is not None:
+            await _register_shadow(ModelRegistry(database), engine.model_version, shadow_model_dir)
         plan = await _plan(consumer, producer, topic, start, end, restart)
         report.partitions = len(plan)
         report.in_range = sum(last - first for first, _, last in plan.values())
@@ -160,15 +176,16 @@ async def replay(
                     if kept:
                         next_offsets[tp] = kept[-1].offset + 1
                 if batch:
-                    await _process(settings, score, persist, producer, batch, start, end, report)
+                    await _process(settings, score, persist, None if shadow else producer, batch, start, end, report)
                     await consumer.commit(next_offsets)  # only now: the batch is durably in SQL
                     report.read += len(batch)
                     bar.update(len(batch))
                     for tp, offset in next_offsets.items():
                         consumer.seek(tp, offset)  # past what was processed, not what was prefetched
-                    await outbox.publish_pending()
-                    if deliver_webhooks:
-                        await outbox.deliver_due()
+                    if not shadow:
+                        await outbox.publish_pending()
+                        if deliver_webhooks:
+                            await outbox.deliver_due()
                 for tp in list(remaining):
                     if await consumer.position(tp) >= remaining[tp]:
                         del remaining[tp]
@@ -186,13 +203,14 @@ async def _process(
     settings: Settings,
     score: ScoreStage,
     persist: PersistStage,
-    producer: AIOKafkaProducer,
+    producer: AIOKafkaProducer | None,
     batch: list[ConsumerRecord[bytes, bytes]],
     start: datetime,
     end: datetime,
     report: ReplayReport,
 ) -> None:
-    """One batch through the worker's stages, until it is durably in SQL; rejects are counted, not dead-lettered."""
+    """One batch through the worker's stages, until it is durably in SQL; rejects are counted, not dead-lettered.
+    Without a producer (a shadow replay) the recomputed windows are not sent."""
     lo, hi = _ms(start), _ms(end)
     records = [
         Record(value=m.value, key=m.key, topic=m.topic, partition=m.partition, offset=m.offset, timestamp_ms=m.timestamp)
@@ -204,6 +222,16 @@ async def _process(
     persisted = await persist(scored.accepted)
     report.count(decoded.rejected + scored.rejected + persisted.rejected)
     report.stored += persisted.stored
+    if producer is None:
+        return
     for aggregate in persisted.aggregates:
         await producer.send(settings.topic("aggregates"), aggregate.model_dump_json().encode(), key=aggregate.message_key)
     await producer.flush()
+
+
+async def _register_shadow(registry: ModelRegistry, version: str, model_dir: str) -> None:
+    live = await registry.live()
+    if live is not None and live.model_version == version:
+        raise ReplayError(f"{version} is the live model: a shadow replay would rewrite its rows without their alerts;"
+                          " replay it without --shadow")
+    await registry.register(version, shared_path(model_dir))

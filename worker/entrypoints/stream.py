@@ -32,6 +32,7 @@ from worker.backoff import Backoff
 from worker.delivery.outbox import AlertOutbox
 from worker.entrypoints.consumer_lag import LagReporter
 from worker.entrypoints.guarded_app import GuardedApp
+from worker.entrypoints.live_model import LiveModel
 from worker.kafka_security import client_options, faust_credentials
 from worker.logs import record_fields, stage_context
 from worker.settings import Settings
@@ -64,8 +65,10 @@ def ack(events: Sequence[EventT]) -> None:
         event.ack()
 
 
-def create_app(settings: Settings, engine: Engine) -> faust.App:
+def create_app(settings: Settings, engine: Engine, model_dir: str | None = None) -> faust.App:
+    """model_dir: where `engine` was loaded from (default FINPULSE_MODEL_DIR), registered when no model is live yet."""
     kafka = settings.kafka
+    serving = LiveModel(engine, model_dir or settings.engine.model_dir, settings.engine, settings.store.url)
     app = GuardedApp(
         settings.app_id,
         broker=kafka.url,
@@ -136,9 +139,10 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         """Decode and score each batch; emit ScoredItems and dead letters, then ack."""
         stage_context("score")
         log.info("scoring %s into %s", docs.get_topic_name(), scored.get_topic_name())
-        stage = build_score_stage(engine, settings.pipeline, settings.cache, cache_prefix=settings.redis_prefix)
+        stage = build_score_stage(serving.engine, settings.pipeline, settings.cache, cache_prefix=settings.redis_prefix)
         try:
             async for events in stream.noack_take(kafka.batch_max, within=kafka.batch_wait_ms / 1000):
+                stage.engine = serving.engine  # a promoted model takes over here, between batches: none mixes versions
                 metrics.DOCS_IN.inc(len(events))
                 decoded = decode([record_of(e) for e in events], max_text_chars=settings.pipeline.max_text_chars)
                 result = await stage(decoded.accepted)
@@ -185,6 +189,11 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     async def report_consumer_lag() -> None:
         await lag.update()
 
+    @app.task
+    async def follow_live_model() -> None:
+        """Load a model promoted with `finpulse promote` beside the serving one (worker/entrypoints/live_model.py)."""
+        await serving.run()
+
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -192,7 +201,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         """Readiness: 200 while every part makes progress, 503 naming what is stuck and why."""
-        report = app.readiness.report() | {"model_version": engine.model_version, "backend": engine.backend}
+        report = app.readiness.report() | {"model_version": serving.engine.model_version, "backend": serving.engine.backend}
         return web.json(report, status=200 if report["status"] == "ok" else 503)
 
     @app.page("/live")

@@ -5,15 +5,16 @@
 - `models.py`: train, export, bench, model tiny;
 - `subscriptions.py`: subscriptions add, list, rm;
 - `access.py`: tokens create, list, revoke; secrets generate-key, rotate;
-- `report.py`: report (an HTML page of a period of the store).
+- `report.py`: report (an HTML page of a period of the store);
+- `rollout.py`: compare-models, promote, model versions.
 """
 
 # Imported for their commands, in the order `finpulse --help` lists them: the pipeline's first.
 from worker.entrypoints.cli import pipeline  # isort: skip
-from worker.entrypoints.cli import access, models, report, subscriptions  # isort: skip
+from worker.entrypoints.cli import access, models, report, rollout, subscriptions  # isort: skip
 from worker.entrypoints.cli.app import cli
 
-__all__ = ["access", "cli", "main", "models", "pipeline", "report", "subscriptions"]
+__all__ = ["access", "cli", "main", "models", "pipeline", "report", "rollout", "subscriptions"]
 
 
 def main() -> None:

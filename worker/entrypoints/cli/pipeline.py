@@ -12,17 +12,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from worker import logs
 from worker.entrypoints.cli.app import (
+    check_language_detector,
     cli,
     db_cli,
     err,
     load_engine_or_exit,
-    check_language_detector,
     moment,
     progress,
     setup_logging,
 )
-from worker import logs
 from worker.settings import Settings
 
 
@@ -49,6 +49,7 @@ def worker(loglevel: Annotated[str, typer.Option(help="debug, info, warning")] =
     """Run the Faust worker: ingest, score, persist."""
     import faust
 
+    from worker.entrypoints.live_model import registered_live_dir
     from worker.entrypoints.stream import create_app
     from worker.logfilter import Throttle
     from worker.topics import ensure_topics
@@ -56,10 +57,11 @@ def worker(loglevel: Annotated[str, typer.Option(help="debug, info, warning")] =
     settings = Settings.from_env()
     setup_logging(loglevel, settings)
     ensure_topics(settings)
-    engine = load_engine_or_exit(settings.engine)
+    model_dir = registered_live_dir(settings) or settings.engine.model_dir  # a promoted model wins over the setting
+    engine = load_engine_or_exit(settings.engine, model_dir)
     check_language_detector(settings.pipeline)
     err.print(f"model {engine.model_version} on {engine.backend}; namespace {settings.namespace}")
-    app = create_app(settings, engine)
+    app = create_app(settings, engine, model_dir)
     logging.getLogger("aiokafka").addFilter(Throttle(every_s=10))  # reconnect errors while a broker is down
     # Faust's own coloured text lines, unless JSON is asked for: then the same config as every other line.
     json_logs = logs.logging_config(loglevel, "json", settings.namespace) if settings.log_format == "json" else None
@@ -171,6 +173,10 @@ def replay(
     model: Annotated[Optional[str], typer.Option(help="Checkpoint to score with (default FINPULSE_MODEL_DIR)")] = None,
     backend: Annotated[Optional[str], typer.Option(help="auto, torch, onnxruntime, tensorrt")] = None,
     webhooks: Annotated[bool, typer.Option(help="Deliver webhooks of alerts the replay fires")] = True,
+    shadow: Annotated[
+        bool, typer.Option(help="Beside the live model, not as it: no alerts, no alerts or aggregates topic sends,"
+                           " no webhooks; the version is registered as shadow (finpulse compare-models, promote)")
+    ] = False,
     restart: Annotated[bool, typer.Option(help="Start the range over instead of resuming")] = False,
     max_messages: Annotated[Optional[int], typer.Option(help="Stop after this many (resume later)")] = None,
     loglevel: Annotated[str, typer.Option(help="debug, info, warning")] = "warning",
@@ -186,12 +192,13 @@ def replay(
     range_start, range_end = moment(start, "--from"), moment(end, "--to")
     engine = load_engine_or_exit(settings.engine, model, backend)
     check_language_detector(settings.pipeline)
-    err.print(f"replaying with model {engine.model_version} on {engine.backend}")
+    err.print(f"replaying with model {engine.model_version} on {engine.backend}{' as a shadow' if shadow else ''}")
     try:
         report = asyncio.run(
             run_replay(
                 settings, engine, start=range_start, end=range_end, topic=topic,
                 deliver_webhooks=webhooks, restart=restart, max_messages=max_messages,
+                shadow_model_dir=(model or settings.engine.model_dir) if shadow else None,
             )
         )
     except ReplayError as exc:
