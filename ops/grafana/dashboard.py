@@ -108,7 +108,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], int, int,
             (f"max by (instance, component) (finpulse_stalled{{{J}}})", "{{instance}} {{component}}"),
             (f"sum(finpulse_partitions_paused{{{J}}})", "partitions paused"),
         ], 8, 8, {}),
-        ("bars", "Alerts and webhooks", "Alerts fired (stored) by rule, published to the alerts topic, and webhook POSTs by outcome, per minute", [
+        ("timeseries", "Alerts and webhooks", "Alerts fired (stored) by rule, published to the alerts topic, and webhook POSTs by outcome, in the last minute", [
             (f"sum by (rule) (increase(finpulse_alerts_fired_total{{{J}}}[1m]))", "fired ({{rule}})"),
             (f"sum(increase(finpulse_alerts_published_total{{{J}}}[1m]))", "published"),
             (f"sum by (outcome) (increase(finpulse_webhook_posts_total{{{J}}}[1m]))", "webhook {{outcome}}"),
