@@ -1,7 +1,8 @@
 """`finpulse report`: one period of the SQL store as a self-contained HTML page.
 
-Which model version: `model_version` when given, else the one with the most documents in
-the period (a re-scored period holds several; mixing them would count each document twice).
+Which model version: `model_version` when given, else the live one (`finpulse promote`), else the
+one with the most documents in the period (a re-scored period holds several; mixing them would
+count each document twice).
 Which entities: the ones asked for, else those that subscriptions name or that alerted in the
 period, topped up with the busiest ones to `top`.
 """
@@ -109,7 +110,7 @@ async def _period(store: ReportRepository, start_ts: int, end_ts: int, wanted: s
     notes = []
     if wanted is None and len(versions) > 1:
         others = ", ".join(f"{name} ({count})" for name, count in versions[1:])
-        notes.append(f"several model versions in this period; showing {versions[0][0]}, the most documents"
+        notes.append(f"several model versions in this period; showing {versions[0][0]}, the live one or else the most documents"
                      f" (others: {others}; choose with --model-version)")
     return Period(start_ts, end_ts, wanted or names[0]), notes
 

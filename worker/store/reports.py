@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from schemas.tables import AlertRow, Document, DocumentKey, SubscriptionRow
+from schemas.tables import AlertRow, Document, DocumentKey, ModelVersionRow, SubscriptionRow
 from worker.stages.aggregates import GLOBAL, as_datetime
 from worker.store.database import make_engine
 
@@ -56,14 +56,16 @@ class ReportRepository:
         )
 
     async def model_versions(self, start_ts: int, end_ts: int) -> list[tuple[str, int]]:
-        """Model versions with documents in [start_ts, end_ts), most documents first."""
+        """Model versions with documents in [start_ts, end_ts): the live one first (`finpulse promote`; a shadow
+        replay may hold as many documents), then most documents first."""
         count = func.count()
+        live = select(ModelVersionRow.model_version).where(ModelVersionRow.role == "live").scalar_subquery()
         query = (
             select(DocumentKey.model_version, count)
             .where(DocumentKey.key_type == GLOBAL[0], DocumentKey.key == GLOBAL[1])
             .where(DocumentKey.event_ts >= start_ts, DocumentKey.event_ts < end_ts)
             .group_by(DocumentKey.model_version)
-            .order_by(count.desc(), DocumentKey.model_version)
+            .order_by(case((DocumentKey.model_version == live, 0), else_=1), count.desc(), DocumentKey.model_version)
         )
         return [(row[0], int(row[1])) for row in await self.conn.execute(query)]
 
