@@ -13,7 +13,7 @@ LOCK_ARGS ?=
 UV_COMPILE = --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	--custom-compile-command "make lock" $(LOCK_ARGS)
 
-.PHONY: install services services-down tools k8s-tools demo test test-unit test-integration test-faults lock clean
+.PHONY: install services services-down tools k8s-tools demo test test-unit test-integration test-faults test-scale lock clean
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ test-integration: install services
 # 19092/16379/15432 because it kills and restarts them; `make test` skips it.
 test-faults: install
 	FINPULSE_FAULTS=1 $(PY) -m pytest tests/faults -p no:cacheprovider
+
+# Scale-out (docs/scaling.md), a few minutes: 1, 2 and 4 workers on one 8-partition docs topic with the tiny model,
+# on the local services; rewrites docs/scaling/*.json, docs/scaling.png and the figures in docs/scaling.md. `make test` skips it.
+test-scale: install services
+	FINPULSE_SCALE=1 $(PY) -m pytest tests/scale -p no:cacheprovider
 
 # Re-pin after changing dependencies in pyproject.toml (README, "Dependencies"). uv keeps every pin the
 # locks already hold unless told otherwise: `make lock LOCK_ARGS="--upgrade-package torch"`.
