@@ -5,7 +5,7 @@ The run is a real deployment on the local services, like the integration tests' 
 (whose Worker, Database and checks it reuses): its own namespace (topics, consumer group, Redis
 prefix) and PostgreSQL database. The workers start first and the group settles (every worker holds
 docs partitions), then the documents are produced as fast as the producer goes, so the workers drain
-a backlog. Every half second the run samples, from outside the workers:
+a backlog. Every quarter second the run samples, from outside the workers:
 
 - documents stored (SQL `count(*)`),
 - the group's lag on the docs and scored topics (end offsets minus committed offsets: what KEDA's
@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ class Sample:
     stored: int
     lag_docs: int
     lag_scored: int
-    advisory_waiting: int  # sessions of this database waiting on an advisory lock
+    advisory_holding: int  # sessions of this database holding advisory locks (in a persist transaction)
+    advisory_waiting: int  # sessions of this database waiting for one (another worker holds a key they need)
 
 
 @dataclass
@@ -74,7 +76,8 @@ class RunResult:
     sql_rows_written: int  # inserted + updated + deleted, every table of this database
     documents_inserted: int
     documents_rewritten: int  # upserts of a document already stored (redeliveries absorbed)
-    advisory_wait_share: float  # share of samples with at least one session waiting on an advisory lock
+    advisory_held_share: float  # share of the samples while storing in which a session held advisory locks
+    advisory_wait_share: float  # ... in which a session waited for one
     aggregate_rows: int
     loadavg_before: list[float]
     samples: list[Sample] = field(default_factory=list)
@@ -225,13 +228,15 @@ class ScaleRun:
         self.own_transactions += 1
         return await _fetch(self.db.dsn, sql)
 
-    async def _pg_sample(self) -> tuple[int, int]:
+    async def _pg_sample(self) -> tuple[int, int, int]:
+        """Documents stored; sessions of this database holding, and waiting for, the persist stage's advisory locks."""
         rows = await self._own(
             "SELECT (SELECT count(*) FROM documents),"
-            " (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            "  AND wait_event_type = 'Lock' AND wait_event = 'advisory')",
+            " count(DISTINCT pid) FILTER (WHERE granted), count(DISTINCT pid) FILTER (WHERE NOT granted)"
+            " FROM pg_locks WHERE locktype = 'advisory'"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
-        return int(rows[0][0]), int(rows[0][1])
+        return int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
 
     async def _pg_counters(self) -> dict[str, int]:
         db = (await self._own(
@@ -278,10 +283,10 @@ class ScaleRun:
         worker_after: dict[int, float] = {}
         busy_after = busy_before
         while True:
-            stored, waiting = asyncio.run(self._pg_sample())
+            stored, holding, waiting = asyncio.run(self._pg_sample())
             lag_docs, lag_scored = self.lag()
             now = time.monotonic() - started
-            samples.append(Sample(round(now, 2), stored, lag_docs, lag_scored, waiting))
+            samples.append(Sample(round(now, 2), stored, lag_docs, lag_scored, holding, waiting))
             if stored_at is None:
                 # backends may come and go with the pool: remember the latest CPU time of each one seen
                 pg_during.update(_cpu_s(asyncio.run(self._backend_pids())))
@@ -296,7 +301,7 @@ class ScaleRun:
                     raise AssertionError(f"a worker exited:\n{worker.log_tail()}")
             if now > timeout:
                 raise AssertionError(f"not drained after {timeout:.0f} s: {samples[-1]}")
-            time.sleep(0.5)
+            time.sleep(0.25)
         drained_at = time.monotonic() - started
         sender.join()
         producer.close()
@@ -331,11 +336,18 @@ class ScaleRun:
             sql_rows_written=after["rows"] - before["rows"],
             documents_inserted=after["doc_ins"] - before["doc_ins"],
             documents_rewritten=after["doc_upd"] - before["doc_upd"],
-            advisory_wait_share=round(sum(1 for s in samples if s.advisory_waiting) / len(samples), 3),
+            advisory_held_share=_share(samples, stored_at, lambda s: s.advisory_holding > 0),
+            advisory_wait_share=_share(samples, stored_at, lambda s: s.advisory_waiting > 0),
             aggregate_rows=0,
             loadavg_before=loadavg,
             samples=samples,
         )
+
+
+def _share(samples: list[Sample], until: float, holds: Callable[[Sample], bool]) -> float:
+    """Share of the samples up to UNTIL (the last document stored) for which HOLDS is true."""
+    taken = [s for s in samples if s.t <= until]
+    return round(sum(1 for s in taken if holds(s)) / len(taken), 3) if taken else 0.0
 
 
 def _steady_rate(samples: list[Sample], documents: int) -> float:
