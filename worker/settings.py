@@ -72,6 +72,7 @@ def env(name: str, default: Any, description: str, **constraints: Any) -> Any:
 
 
 LogFormat = Literal["text", "json"]
+ProducerCompression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 
 
 class Section(BaseModel):
@@ -95,6 +96,18 @@ class KafkaSettings(Section):
     batch_wait_ms: int = env("BATCH_WAIT_MS", 50, "Longest wait to fill a scoring micro-batch, ms", ge=1, le=60_000)
     persist_batch_max: int = env("PERSIST_BATCH_MAX", 500, "Most rows per SQL upsert", ge=1, le=10_000)
     persist_batch_wait_ms: int = env("PERSIST_BATCH_WAIT_MS", 200, "Longest wait to fill an upsert, ms", ge=1, le=60_000)
+    # Outputs (scored items, windows, dead letters) in batches: bench --pipeline measured CPU per stored document
+    # with 5 ms and 256 KiB against Faust's 0 ms and 16 KiB: the worker 1.24 -> 0.96 ms, Kafka 0.58 -> 0.18 ms.
+    producer_linger_ms: int = env(
+        "PRODUCER_LINGER_MS", 5, "How long the worker's producer waits to fill a batch of outputs, ms", ge=0, le=1000
+    )
+    producer_batch_bytes: int = env(
+        "PRODUCER_BATCH_BYTES", 262_144, "Largest batch of outputs per partition in one produce request, bytes",
+        ge=1024, le=1_000_000,
+    )
+    producer_compression: ProducerCompression = env(
+        "PRODUCER_COMPRESSION", "none", "Codec of the worker's output batches: none, gzip, snappy, lz4, zstd"
+    )
     web_port: int = env("WEB_PORT", 6066, "Port of the worker's `/health` and `/metrics`", ge=0, le=65535)
     web_host: str = env("WEB_HOST", "127.0.0.1", "Interface of the worker's `/health` and `/metrics`")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = env(

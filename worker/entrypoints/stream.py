@@ -80,6 +80,9 @@ def create_app(settings: Settings, engine: Engine, model_dir: str | None = None)
         consumer_auto_offset_reset="earliest",
         topic_partitions=kafka.topic_partitions,
         producer_acks=-1,
+        producer_linger=kafka.producer_linger_ms / 1000,
+        producer_max_batch_size=kafka.producer_batch_bytes,
+        producer_compression_type=None if kafka.producer_compression == "none" else kafka.producer_compression,
         processing_guarantee=kafka.processing_guarantee,
         broker_commit_interval=1.0,
         # Faust's defaults (60 s) leave a dead worker's partitions idle for a minute;
