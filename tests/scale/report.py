@@ -98,6 +98,18 @@ def plot(runs: list[dict[str, Any]], path: Path = PLOT) -> None:
     plt.close(fig)
 
 
+def recompute_table() -> str:
+    """tests/scale/test_recompute_cost.py's figures, if it ran."""
+    path = RESULTS / "recompute.json"
+    if not path.exists():
+        return ""
+    lines = ["| documents in the hour (global key) | lock + recompute + commit, median s | µs per document in the hour |",
+             "| --- | --- | --- |"]
+    for r in json.loads(path.read_text()):
+        lines.append(f"| {r['documents_in_hour']:,} | {r['median_s']:.3f} | {r['median_s'] / r['documents_in_hour'] * 1e6:.2f} |")
+    return "\n".join(lines)
+
+
 def write(counts: list[int] | None = None) -> None:
     runs = load(counts)
     plot(runs)
@@ -106,9 +118,10 @@ def write(counts: list[int] | None = None) -> None:
     _, _, tail = rest.partition(END)
     when = max(r["when"] for r in runs)
     DOC.write_text(f"{head}{BEGIN}\n<!-- written by tests/scale/report.py from docs/scaling/*.json; last run {when} -->\n\n"
-                   f"{table(runs)}\n\n{END}{tail}")
+                   f"{table(runs)}\n\n{recompute_table()}\n\n{END}{tail}")
 
 
 if __name__ == "__main__":
     write([int(n) for n in sys.argv[1:]] or None)
     print(table(load()))
+    print(recompute_table())
