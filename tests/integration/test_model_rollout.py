@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -125,6 +126,34 @@ def recount_alerts(subscriptions: list[tuple[str, str, int, dict[str, Any]]], do
     return fired
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+def render_in_chromium(page: Path) -> dict[str, Any]:
+    """Open the page in headless Chromium: console and page errors, requests made, charts drawn, alert rows."""
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            tab = browser.new_page(viewport={"width": 1280, "height": 900})
+            tab.on("console", lambda message: errors.append(message.text) if message.type in ("error", "warning") else None)
+            tab.on("pageerror", lambda error: errors.append(str(error)))
+            tab.on("request", lambda request: requests.append(request.url))
+            tab.goto(page.as_uri(), wait_until="load")
+            tab.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 5", timeout=30_000)
+            found = tab.evaluate("""() => ({
+                charts: document.querySelectorAll('.js-plotly-plot').length,
+                alert_rows: document.querySelectorAll('#alerts tbody tr').length})""")
+            if os.environ.get("FINPULSE_COMPARE_SCREENSHOT"):
+                tab.screenshot(path=os.environ["FINPULSE_COMPARE_SCREENSHOT"], full_page=False)
+        finally:
+            browser.close()
+    return {**found, "errors": errors, "requests": requests}
+
+
 def topic_messages(topic: str) -> list[Any]:
     consumer = KafkaConsumer(topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest", enable_auto_commit=False,
                              consumer_timeout_ms=3000)
@@ -214,6 +243,10 @@ def test_shadow_compare_and_promote_two_model_versions_over_one_stream(
         len(fired["old"]), len(fired["new"]), len(fired["old"] & fired["new"]))
     html = page.read_text()
     assert "Plotly.newPlot" in html and old in html and new in html and "<script src" not in html  # offline
+    if os.access(CHROMIUM, os.X_OK) or os.environ.get("CI"):
+        rendered = render_in_chromium(page)
+        assert rendered["errors"] == [] and rendered["charts"] == 5 and rendered["requests"] == [page.as_uri()]
+        assert rendered["alert_rows"] == len(result["alerts"]["differences"]) > 0
     finpulse(pipeline, "compare-models", *RANGE, old, "tiny-nope", expect=2)
 
     # 4. promote NEW while documents keep coming: no restart, none lost or written twice.

@@ -33,7 +33,8 @@ def confusion_chart(flips: dict[str, Any]) -> go.Figure:
     z = [[flips["confusion"][old][new] for new in LABELS] for old in LABELS]
     figure = go.Figure(go.Heatmap(z=z, x=list(LABELS), y=list(LABELS), colorscale="Blues", text=z, texttemplate="%{text}",
                                   hovertemplate="old %{y} -> new %{x}: %{z}<extra></extra>"))
-    return _layout(figure, "Sentiment labels, old (rows) against new (columns)", xaxis_title="new", yaxis_title="old")
+    return _layout(figure, "Sentiment labels, old (rows) against new (columns)", xaxis_title="new", yaxis_title="old",
+                   yaxis_autorange="reversed")
 
 
 def flip_rate_chart(rows: list[dict[str, Any]]) -> go.Figure:
@@ -84,7 +85,8 @@ def label_mix_chart(flips: dict[str, Any], old: str, new: str) -> go.Figure:
     for label in LABELS:
         figure.add_bar(y=[old, new], x=[before[label], after[label]], name=label, orientation="h",
                        marker_color=COLOURS[label])
-    return _layout(figure, "Sentiment labels of the documents both scored", barmode="stack", height=240)
+    return _layout(figure, "Sentiment labels of the documents both scored", barmode="stack", height=240,
+                   yaxis_autorange="reversed")
 
 
 def _delta(a: dict[str, Any]) -> float | None:
