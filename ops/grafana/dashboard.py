@@ -175,7 +175,10 @@ def build() -> dict[str, Any]:
         elif kind == "state":
             p = statetimeline.Panel().show_value(cm.VisibilityMode.NEVER).legend(legend()).thresholds(
                 db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps([
-                    dm.Threshold(value=None, color="green"), dm.Threshold(value=1, color="red")]))
+                    dm.Threshold(value=None, color="green"), dm.Threshold(value=1, color="red")])
+            ).color_scheme(db.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS)).mappings([dm.ValueMap(options={
+                "0": dm.ValueMappingResult(text="ok", color="green", index=0),
+                "1": dm.ValueMappingResult(text="stalled", color="red", index=1)})])
         else:
             p = timeseries.Panel().legend(legend()).line_width(1).fill_opacity(10)
             if kind in {"bars", "sqlbars"}:
