@@ -76,7 +76,7 @@ def plot(runs: list[dict[str, Any]], path: Path = PLOT) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (rate, lag, stored) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, (rate, lag, stored, cost) = plt.subplots(1, 4, figsize=(20, 4.2))
     workers = [r["workers"] for r in runs]
     rate.plot(workers, [r["docs_per_s"] for r in runs], "o-", label="measured (burst / time to store)")
     rate.plot(workers, [r["steady_docs_per_s"] for r in runs], "s--", label="steady (10-90 % of the burst)")
@@ -93,6 +93,16 @@ def plot(runs: list[dict[str, Any]], path: Path = PLOT) -> None:
     lag.legend(fontsize=7)
     stored.set(xlabel="s since the first document was sent", ylabel="documents in PostgreSQL", title="Documents stored")
     stored.legend(fontsize=8)
+    cost.plot(workers, [derived(r)["docs_per_worker_cpu_s"] for r in runs], "o-", label="docs per worker CPU-second")
+    cost.plot(workers, [derived(r)["docs_per_persist_tx"] for r in runs], "s-", label="docs per persist transaction")
+    cost.set(xlabel="worker processes", ylabel="documents", title="Cost per document and SQL locks", xticks=workers)
+    cost.set_ylim(bottom=0)
+    locks = cost.twinx()
+    locks.plot(workers, [100 * r["advisory_held_share"] for r in runs], "^:", color="tab:red", label="advisory lock held (%)")
+    locks.plot(workers, [100 * r["advisory_wait_share"] for r in runs], "v:", color="tab:purple", label="... waited for")
+    locks.set(ylabel="% of samples while storing", ylim=(0, 100))
+    handles = cost.get_legend_handles_labels()[0] + locks.get_legend_handles_labels()[0]
+    cost.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
