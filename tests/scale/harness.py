@@ -35,6 +35,7 @@ from typing import Any
 
 import asyncpg
 import psutil
+import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
@@ -160,6 +161,13 @@ class ScaleRun:
             if ours:
                 self.admin.delete_topics(ours)
             self.admin.delete_groups([self.settings.app_id])
+            cache = redis.Redis.from_url(REDIS_URL, socket_timeout=10)
+            try:  # the run's cached scores
+                keys = list(cache.scan_iter(match=f"{self.settings.redis_prefix}*", count=1000))
+                for start in range(0, len(keys), 1000):
+                    cache.delete(*keys[start:start + 1000])
+            finally:
+                cache.close()
         finally:
             self.offsets.close()
             self.admin.close()
