@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class WindowAggregate(BaseModel):
-    """Sentiment of one key in one tumbling window: the latest recomputation, so a later message supersedes."""
+    """Sentiment of one key in one tumbling window as the latest change left it, so a later message supersedes."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -2,11 +2,11 @@
 
 The order inside the transaction (`write`):
   1. upsert the documents, keyed by (id, model version): a redelivery overwrites itself;
-  2. swap their key rows and note every window either side touched;
-  3. lock those keys (PostgreSQL advisory locks, sorted) and recompute the windows;
+  2. swap their key rows, noting what that changes in each window (new rows in, old rows out);
+  3. lock those keys (PostgreSQL advisory locks, sorted) and add the changes to the windows;
   4. fetch the spike rules' history in one query, judge every rule (pure, worker/stages/rules.py);
   5. fetch the alerts that could silence a candidate in one query, apply cooldowns, store the rest.
-The transaction commits all of it or none, and the recomputed windows go back to the driver
+The transaction commits all of it or none, and the changed windows go back to the driver
 to emit only after the commit.
 
 `__call__` returns only once every document is stored or rejected: a transient failure
@@ -85,9 +85,9 @@ class PersistStage:
         documents = list(latest.values())
         async with unit_of_work(self.database) as uow:
             written = await uow.documents.upsert(documents)
-            touched = await uow.documents.replace_keys(documents, self.windows)
-            await uow.aggregates.lock(k for by_key in touched.values() for k in by_key)
-            aggregates = await uow.aggregates.recompute(touched)
+            deltas = await uow.documents.replace_keys(documents, self.windows)
+            await uow.aggregates.lock((key_type, key, version) for _, _, key_type, key, version in deltas)
+            aggregates = await uow.aggregates.add(deltas)
             if subscriptions:
                 windows = rules.by_window(aggregates)
                 baselines = await uow.aggregates.baselines(rules.baseline_ranges(subscriptions, windows))

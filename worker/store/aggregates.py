@@ -1,9 +1,14 @@
-"""Windowed aggregates in SQL, recomputed from the stored documents' keys.
+"""Windowed aggregates in SQL, kept equal to the stored documents' keys by exact increments.
 
-Every window a batch touches is recomputed in the batch's transaction, so aggregates
-always equal a recomputation from the documents, whatever was redelivered, replayed,
-late or re-scored. On PostgreSQL an advisory lock per key serialises workers that touch
-the same key at once; rules are judged under the same locks (worker/stages/persist.py).
+A batch's transaction swaps its documents' key rows (worker/store/documents.py), and what that
+changed in each window (the new rows counted in, the old ones counted out) is added to the
+window's row in one upsert, `count = count + delta`. So a redelivered or replayed document
+changes nothing, a re-scored one moves its counts, a late one lands in its own window, and the
+aggregates stay equal to a recomputation from the documents, at a cost that depends on the batch
+alone: recomputing the touched windows from `document_keys` instead cost more as each window
+filled (the hour's global window rescanned every document of the hour, docs/scaling.md).
+On PostgreSQL an advisory lock per key serialises workers that touch the same key at once;
+rules are judged under the same locks (worker/stages/persist.py).
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.aggregates import WindowAggregate
-from schemas.tables import Aggregate, DocumentKey
+from schemas.tables import Aggregate
 from worker.stages.aggregates import as_datetime, epoch_seconds
 from worker.store.database import Insert
-from worker.store.documents import Touched
+from worker.store.documents import Deltas
 
 _AGGREGATE_KEY = ("window_s", "window_start", "key_type", "key", "model_version")
 SeriesKey = tuple[int, str, str, str]  # window_s, key_type, key, model_version
@@ -35,18 +40,26 @@ _LOCK = text("SELECT pg_advisory_xact_lock(id) FROM unnest(:ids) AS id").bindpar
 )
 
 
+_SUMS = ("count_negative", "count_neutral", "count_positive", "volume", "score_sum")
+
+
 @cache
-def _upsert(insert: Insert) -> Any:
-    """Built once per dialect and executed with a list of rows, so its compiled form is reused."""
+def _add(insert: Insert) -> Any:
+    """Adds each row's deltas to its window (a new window starts from them) and returns the window as it now is;
+    built once per dialect and executed with a list of rows, so its compiled form is reused."""
     stmt = insert(Aggregate)
-    overwrite = {c.name: stmt.excluded[c.name] for c in Aggregate.__table__.c if c.name not in (*_AGGREGATE_KEY, "updated_at")}
-    return stmt.on_conflict_do_update(index_elements=list(_AGGREGATE_KEY), set_={**overwrite, "updated_at": func.now()})
+    table = Aggregate.__table__.c
+    summed = {name: table[name] + stmt.excluded[name] for name in _SUMS}
+    mean = case((summed["volume"] > 0, summed["score_sum"] / summed["volume"]), else_=0.0)
+    return stmt.on_conflict_do_update(
+        index_elements=list(_AGGREGATE_KEY), set_={**summed, "mean_score": mean, "updated_at": func.now()}
+    ).returning(*(table[name] for name in (*_AGGREGATE_KEY, *_SUMS, "mean_score")))
 
 
 class AggregateRepository:
     def __init__(self, conn: AsyncConnection, insert: Insert) -> None:
         self.conn = conn
-        self._upsert = _upsert(insert)
+        self._add = _add(insert)
 
     async def lock(self, keys: Iterable[tuple[str, str, str]]) -> None:
         """Serialise workers on these (key_type, key, model_version) until the transaction ends (PostgreSQL)."""
@@ -57,59 +70,24 @@ class AggregateRepository:
         if lock_ids:
             await self.conn.execute(_LOCK, {"ids": lock_ids})
 
-    async def recompute(self, touched: Touched) -> list[dict[str, Any]]:
-        """Rewrite every touched window from the document keys; returns the windows that still hold documents."""
-        rows: list[dict[str, Any]] = []
-        for w, by_key in touched.items():
-            if by_key:
-                rows += await self._recompute_windows(w, by_key)
-        return rows
-
-    async def _recompute_windows(self, w: int, by_key: dict[tuple[str, str, str], set[int]]) -> list[dict[str, Any]]:
-        starts = {s for ss in by_key.values() for s in ss}
-        start_col = (DocumentKey.event_ts - DocumentKey.event_ts % w).label("start")
-        label = DocumentKey.sentiment_label
-        query = (
-            select(
-                DocumentKey.key_type,
-                DocumentKey.key,
-                DocumentKey.model_version,
-                start_col,
-                func.sum(case((label == "negative", 1), else_=0)),
-                func.sum(case((label == "neutral", 1), else_=0)),
-                func.sum(case((label == "positive", 1), else_=0)),
-                func.count(),
-                func.sum(DocumentKey.sentiment_score),
-            )
-            .where(tuple_(DocumentKey.key_type, DocumentKey.key, DocumentKey.model_version).in_(list(by_key)))
-            .where(DocumentKey.event_ts >= min(starts), DocumentKey.event_ts < max(starts) + w)
-            .group_by(DocumentKey.key_type, DocumentKey.key, DocumentKey.model_version, start_col)
-        )
-        found: dict[tuple[str, str, str, int], dict[str, Any]] = {}
-        for key_type, key, version, start, neg, neu, pos, volume, score_sum in await self.conn.execute(query):
-            if int(start) in by_key[(key_type, key, version)]:
-                found[(key_type, key, version, int(start))] = {
-                    "window_s": w,
-                    "window_start": as_datetime(int(start)),
-                    "key_type": key_type,
-                    "key": key,
-                    "model_version": version,
-                    "count_negative": int(neg),
-                    "count_neutral": int(neu),
-                    "count_positive": int(pos),
-                    "volume": int(volume),
-                    "score_sum": float(score_sum),
-                    "mean_score": float(score_sum) / int(volume),
-                }
-        emptied = [
-            (w, as_datetime(s), kt, k, v) for (kt, k, v), ss in by_key.items() for s in ss if (kt, k, v, s) not in found
-        ]
+    async def add(self, deltas: Deltas) -> list[dict[str, Any]]:
+        """Add a batch's deltas to their windows; returns every changed window that still holds documents."""
+        rows = []
+        for (w, start, key_type, key, version), (neg, neu, pos, volume, score_sum) in deltas.items():
+            if neg or neu or pos or volume:  # a redelivery cancels out: nothing to write (nor to judge again)
+                rows.append({
+                    "window_s": w, "window_start": as_datetime(start), "key_type": key_type, "key": key,
+                    "model_version": version, "count_negative": neg, "count_neutral": neu, "count_positive": pos,
+                    "volume": volume, "score_sum": score_sum, "mean_score": score_sum / volume if volume > 0 else 0.0,
+                })
+        if not rows:
+            return []
+        windows = [dict(row._mapping) for row in await self.conn.execute(self._add, rows)]
+        emptied = [tuple(w[c] for c in _AGGREGATE_KEY) for w in windows if w["volume"] <= 0]
         if emptied:  # every document of the window moved away (re-scored with other keys)
             cols = (Aggregate.window_s, Aggregate.window_start, Aggregate.key_type, Aggregate.key, Aggregate.model_version)
             await self.conn.execute(delete(Aggregate).where(tuple_(*cols).in_(emptied)))
-        if found:
-            await self.conn.execute(self._upsert, list(found.values()))
-        return list(found.values())
+        return [_normalised(w) for w in windows if w["volume"] > 0]
 
     async def baselines(self, ranges: dict[SeriesKey, tuple[int, int]]) -> Baselines:
         """Stored windows of each series within [first, end) epoch s, in one query (spike rules' history)."""
@@ -157,3 +135,11 @@ class AggregateRepository:
         query = query.order_by(table.c.window_start.desc(), table.c.model_version.desc()).limit(limit)
         rows = (await self.conn.execute(query)).all()
         return [WindowAggregate.model_validate(dict(row._mapping)) for row in reversed(rows)]
+
+
+def _normalised(window: dict[str, Any]) -> dict[str, Any]:
+    """A returned row as the rules and the aggregates topic take it: UTC start, exact counts (SQLite returns
+    naive datetimes)."""
+    start = window["window_start"]
+    return {**window, "window_start": as_datetime(epoch_seconds(start)),
+            **{name: int(window[name]) for name in _SUMS if name != "score_sum"}}

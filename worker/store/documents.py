@@ -20,7 +20,10 @@ from worker.stages.aggregates import epoch_seconds, keys_of, window_start
 from worker.store.database import Insert
 
 _KEY = ("doc_id", "model_version")
-_OLD_KEYS = (DocumentKey.key_type, DocumentKey.key, DocumentKey.model_version, DocumentKey.event_ts)
+_OLD_KEYS = (
+    DocumentKey.key_type, DocumentKey.key, DocumentKey.model_version, DocumentKey.event_ts,
+    DocumentKey.sentiment_label, DocumentKey.sentiment_score,
+)
 # PostgreSQL takes the batch's ids as two arrays: one statement text whatever the batch's size, where a
 # tuple IN of 500 pairs costs more to parse and plan (500 index scans OR-ed) than to run.
 _IDS = (
@@ -34,8 +37,11 @@ _DELETE_KEYS_POSTGRESQL = (
     .returning(*_OLD_KEYS)
 )
 
-# (key_type, key, model_version) and the window starts (epoch s) to recompute, per window size.
-Touched = dict[int, dict[tuple[str, str, str], set[int]]]
+# (window_s, window start in epoch s, key_type, key, model_version) -> what a batch changed in that window:
+# [count_negative, count_neutral, count_positive, volume, score_sum], the new key rows counted in, the old out.
+WindowKey = tuple[int, int, str, str, str]
+Deltas = dict[WindowKey, list[float]]
+_COUNT_OF = {"negative": 0, "neutral": 1, "positive": 2}
 
 
 def document_row(item: ScoredItem) -> dict[str, Any]:
@@ -99,8 +105,11 @@ class DocumentRepository:
         await self.conn.execute(self._upsert, rows)
         return len(rows)
 
-    async def replace_keys(self, items: Sequence[ScoredItem], windows: Sequence[int]) -> Touched:
-        """Swap each document's key rows for its current ones; return every window either side touched."""
+    async def replace_keys(self, items: Sequence[ScoredItem], windows: Sequence[int]) -> Deltas:
+        """Swap each document's key rows for its current ones; return what that changed in each window.
+
+        The old rows come back from the DELETE itself, so a redelivered document cancels out (its window
+        changes by zero) and a re-scored one moves its counts from the old label, key or window to the new."""
         if self.conn.dialect.name == "postgresql":
             ids = {"doc_ids": [i.id for i in items], "versions": [i.model_version for i in items]}
             old = await self.conn.execute(_DELETE_KEYS_POSTGRESQL, ids)
@@ -112,9 +121,16 @@ class DocumentRepository:
         new = [row for item in items for row in key_rows(item)]
         if new:
             await self.conn.execute(self._insert_keys, new)
-        touched: Touched = {w: {} for w in windows}
-        new_keys = ((r["key_type"], r["key"], r["model_version"], r["event_ts"]) for r in new)
-        for key_type, key, version, event_ts in [*old, *new_keys]:
+        deltas: Deltas = {}
+        changes = [(-1, tuple(row)) for row in old] + [
+            (1, (r["key_type"], r["key"], r["model_version"], r["event_ts"], r["sentiment_label"], r["sentiment_score"]))
+            for r in new
+        ]
+        for sign, (key_type, key, version, event_ts, label, score) in changes:
             for w in windows:
-                touched[w].setdefault((key_type, key, version), set()).add(window_start(event_ts, w))
-        return touched
+                delta = deltas.setdefault((w, window_start(event_ts, w), key_type, key, version), [0, 0, 0, 0, 0.0])
+                if label in _COUNT_OF:  # volume counts every label, the three counts their own
+                    delta[_COUNT_OF[label]] += sign
+                delta[3] += sign
+                delta[4] += sign * score
+        return deltas
