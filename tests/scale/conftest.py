@@ -3,9 +3,10 @@
 It runs 1, 2 and 4 workers (FINPULSE_SCALE_WORKERS) over FINPULSE_SCALE_DOCS documents on a docs
 topic of FINPULSE_SCALE_PARTITIONS partitions, with the tiny model, on the local Kafka, Redis and
 PostgreSQL (`make services`), each run in its own namespace and database. Each run's figures go to
-docs/scaling/workers-<n>.json, and test_recompute_cost.py's (the persist stage's locked recompute
-against the hour's volume) to docs/scaling/recompute.json; after a session that ran every worker
-count, docs/scaling.png and the tables in docs/scaling.md are rewritten from them (tests/scale/report.py).
+docs/scaling/workers-<n>.json, and test_persist_cost.py's (one persist transaction against the
+documents already in the hour) to docs/scaling/persist-cost-<implementation>.json; after a session
+that ran every worker count, docs/scaling.png and the tables in docs/scaling.md are rewritten from
+them (tests/scale/report.py).
 """
 
 from __future__ import annotations

@@ -108,17 +108,25 @@ def plot(runs: list[dict[str, Any]], path: Path = PLOT) -> None:
     plt.close(fig)
 
 
-def recompute_table() -> str:
-    """tests/scale/test_recompute_cost.py's figures, if it ran."""
-    path = RESULTS / "recompute.json"
-    if not path.exists():
+def persist_cost_table() -> str:
+    """tests/scale/test_persist_cost.py's figures, one column per way of keeping the windows that was measured."""
+    found = {json.loads(p.read_text())["implementation"]: json.loads(p.read_text())["runs"]
+             for p in sorted(RESULTS.glob("persist-cost-*.json"))}
+    if not found:
         return ""
+    names = sorted(found)
+    volumes = sorted({r["documents_in_hour"] for runs in found.values() for r in runs})
     lines = [
-        "| documents in the hour (4 key rows each) | lock 33 keys, recompute, commit: median s | µs per document in the hour |",
-        "| --- | --- | --- |",
+        "| documents already in the hour | "
+        + " | ".join(f"one 500-document persist transaction, windows {n} (median s)" for n in names) + " |",
+        "| --- |" + " --- |" * len(names),
     ]
-    for r in json.loads(path.read_text()):
-        lines.append(f"| {r['documents_in_hour']:,} | {r['median_s']:.3f} | {r['median_s'] / r['documents_in_hour'] * 1e6:.2f} |")
+    for volume in volumes:
+        cells = []
+        for name in names:
+            run = next((r for r in found[name] if r["documents_in_hour"] == volume), None)
+            cells.append(f"{run['median_s']:.3f}" if run else "")
+        lines.append(f"| {volume:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -130,10 +138,10 @@ def write(counts: list[int] | None = None) -> None:
     _, _, tail = rest.partition(END)
     when = max(r["when"] for r in runs)
     DOC.write_text(f"{head}{BEGIN}\n<!-- written by tests/scale/report.py from docs/scaling/*.json; last run {when} -->\n\n"
-                   f"{table(runs)}\n\n{recompute_table()}\n\n{END}{tail}")
+                   f"{table(runs)}\n\n{persist_cost_table()}\n\n{END}{tail}")
 
 
 if __name__ == "__main__":
     write([int(n) for n in sys.argv[1:]] or None)
     print(table(load()))
-    print(recompute_table())
+    print(persist_cost_table())
