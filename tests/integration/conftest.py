@@ -140,12 +140,23 @@ class Database:
 
 @pytest.fixture
 def database(services: None) -> Iterator[Database]:
+    """Dropped afterwards, retried: after many inserts PostgreSQL's autovacuum may be working in the database, and
+    `DROP DATABASE ... WITH (FORCE)` cannot end its process (InsufficientPrivilegeError for a role that is no
+    superuser) until it finishes."""
     db = Database()
     asyncio.run(_pg_execute(PG_DSN, f'CREATE DATABASE "{db.name}"'))
     upgrade(db.url)
     yield db
-    if local_services.is_running("postgres"):
-        asyncio.run(_pg_execute(PG_DSN, f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)'))
+    for attempt in range(10):
+        if not local_services.is_running("postgres"):
+            return
+        try:
+            asyncio.run(_pg_execute(PG_DSN, f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)'))
+            return
+        except asyncpg.InsufficientPrivilegeError:
+            if attempt == 9:
+                raise
+            time.sleep(2)
 
 
 def _free_port() -> int:

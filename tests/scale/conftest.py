@@ -11,45 +11,18 @@ them (tests/scale/report.py).
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
-from collections.abc import Iterator
 
-import asyncpg
 import pytest
 
-from ops import services as local_services
-from tests.integration.conftest import PG_DSN, Database, _pg_execute, services, tiny_model  # noqa: F401 - fixtures
+from tests.integration.conftest import database, services, tiny_model  # noqa: F401 - fixtures
 from tests.scale import report
-from worker.store.database import upgrade
 
 ENABLED = os.environ.get("FINPULSE_SCALE") == "1"
 WORKER_COUNTS = [int(n) for n in os.environ.get("FINPULSE_SCALE_WORKERS", "1,2,4").split(",")]
 DOCUMENTS = int(os.environ.get("FINPULSE_SCALE_DOCS", "8000"))
 PARTITIONS = int(os.environ.get("FINPULSE_SCALE_PARTITIONS", "8"))
 DONE = pytest.StashKey[set[int]]()
-
-
-@pytest.fixture
-def database(services: None) -> Iterator[Database]:  # noqa: F811 - the imported fixture, by name
-    """As the integration tests' fixture, but the drop is retried: after thousands of inserts PostgreSQL's
-    autovacuum may be analysing the database, and `DROP DATABASE ... WITH (FORCE)` may not end its process
-    (InsufficientPrivilegeError for a role that is no superuser) until it finishes."""
-    db = Database()
-    asyncio.run(_pg_execute(PG_DSN, f'CREATE DATABASE "{db.name}"'))
-    upgrade(db.url)
-    yield db
-    for attempt in range(10):
-        if not local_services.is_running("postgres"):
-            return
-        try:
-            asyncio.run(_pg_execute(PG_DSN, f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)'))
-            return
-        except asyncpg.InsufficientPrivilegeError:
-            if attempt == 9:
-                raise
-            time.sleep(2)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
