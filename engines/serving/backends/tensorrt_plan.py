@@ -20,8 +20,8 @@ from engines.serving.checkpoint import sha256_file, temp_beside
 log = logging.getLogger(__name__)
 
 MISSING = "the TensorRT backend needs an NVIDIA GPU and the tensorrt package"
-# Optimisation profile rows (min, opt, max). The largest matches the worker's default
-# micro-batch (FINPULSE_BATCH_MAX=64); the engine splits bigger calls.
+# Optimisation profile rows (min, opt, max): 64, half the worker's default micro-batch
+# (FINPULSE_BATCH_MAX=128, chosen on CPU); the engine splits bigger calls into rows of 64.
 DEFAULT_BATCH = (1, 32, 64)
 # Optimisation profile sequence lengths (min, opt, max) for the default max_length of 128.
 DEFAULT_SEQUENCE = (1, 64, 128)
