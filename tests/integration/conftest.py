@@ -40,6 +40,8 @@ from worker.settings import Settings
 from worker.store.database import upgrade
 from worker.topics import ensure_topics
 
+from .browser import chromium  # noqa: F401 - a fixture: Debian's chromium for the report tests
+
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = local_services.client_env()
 KAFKA = os.environ.get("FINPULSE_TEST_KAFKA", LOCAL["FINPULSE_KAFKA_URL"].split("://", 1)[1])

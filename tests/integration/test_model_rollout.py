@@ -34,6 +34,7 @@ from worker.security.secret_box import SecretBox
 from worker.stages.aggregates import GLOBAL, brute_force, epoch_seconds, window_start
 from worker.store.subscriptions import open_repository
 
+from .browser import ensure_chromium, render
 from .conftest import KAFKA, ROOT, Pipeline, assert_aggregates_match_documents, wait_for
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -126,32 +127,16 @@ def recount_alerts(subscriptions: list[tuple[str, str, int, dict[str, Any]]], do
     return fired
 
 
-CHROMIUM = "/usr/bin/chromium"
-
-
 def render_in_chromium(page: Path) -> dict[str, Any]:
     """Open the page in headless Chromium: console and page errors, requests made, charts drawn, alert rows."""
-    from playwright.sync_api import sync_playwright
-
-    errors: list[str] = []
-    requests: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
-            tab.on("console", lambda message: errors.append(message.text) if message.type in ("error", "warning") else None)
-            tab.on("pageerror", lambda error: errors.append(str(error)))
-            tab.on("request", lambda request: requests.append(request.url))
-            tab.goto(page.as_uri(), wait_until="load")
-            tab.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 5", timeout=30_000)
-            found = tab.evaluate("""() => ({
-                charts: document.querySelectorAll('.js-plotly-plot').length,
-                alert_rows: document.querySelectorAll('#alerts tbody tr').length})""")
-            if os.environ.get("FINPULSE_COMPARE_SCREENSHOT"):
-                tab.screenshot(path=os.environ["FINPULSE_COMPARE_SCREENSHOT"], full_page=False)
-        finally:
-            browser.close()
-    return {**found, "errors": errors, "requests": requests}
+    screenshot = os.environ.get("FINPULSE_COMPARE_SCREENSHOT")
+    return render(
+        page, ready="document.querySelectorAll('.js-plotly-plot .main-svg').length >= 5",
+        inspect="""() => ({
+            charts: document.querySelectorAll('.js-plotly-plot').length,
+            alert_rows: document.querySelectorAll('#alerts tbody tr').length})""",
+        screenshots=(screenshot,) if screenshot else (),
+    )
 
 
 def topic_messages(topic: str) -> list[Any]:
@@ -243,7 +228,7 @@ def test_shadow_compare_and_promote_two_model_versions_over_one_stream(
         len(fired["old"]), len(fired["new"]), len(fired["old"] & fired["new"]))
     html = page.read_text()
     assert "Plotly.newPlot" in html and old in html and new in html and "<script src" not in html  # offline
-    if os.access(CHROMIUM, os.X_OK) or os.environ.get("CI"):
+    if ensure_chromium():
         rendered = render_in_chromium(page)
         assert rendered["errors"] == [] and rendered["charts"] == 5 and rendered["requests"] == [page.as_uri()]
         assert rendered["alert_rows"] == len(result["alerts"]["differences"]) > 0

@@ -20,38 +20,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pydantic import TypeAdapter
 
 from schemas.alerts import Rule, SubscriptionSpec
 from worker.store.subscriptions import open_repository
 
+from .browser import render
 from .conftest import ROOT, Pipeline, wait_for
 from .test_alerts import TEMPLATES, tiny_model  # noqa: F401  (the checkpoint that labels ~40% negative)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)  # hour-aligned: the 300 s windows start on the minute marks below
 TICKERS = ("TSLA", "AAPL", "KO", "NVDA")
 LANGS = sorted(TEMPLATES)  # de en es fr ja zh
 MINUTES, PER_MINUTE, BURST_MINUTE, BURST = 30, 3, 20, 12
 CHARTS = ("entities-chart-0", "languages-chart-0", "volume-chart-0", "topics-chart-0", "throughput-chart-0",
           "throughput-chart-1")
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium, installed with the project's apt helper when missing (CI runs as root)."""
-    from ops.services import ServiceError
-    from ops.services.process import ensure
-
-    try:
-        return ensure(lambda: CHROMIUM if os.access(CHROMIUM, os.X_OK) else None, "chromium")
-    except ServiceError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
 
 
 def scripted_items() -> list[dict[str, Any]]:
@@ -176,26 +159,8 @@ _INSPECT = """() => {
 
 
 def _open_in_chromium(path: Path, screenshot: Path) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
-
-    errors: list[str] = []
-    requests: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda message: errors.append(message.text) if message.type in ("error", "warning") else None)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(path.as_uri(), wait_until="load")
-            page.wait_for_function(
-                f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {len(CHARTS) * 2}", timeout=30_000
-            )
-            found = page.evaluate(_INSPECT)
-            page.screenshot(path=str(screenshot), full_page=True)
-            if os.environ.get("FINPULSE_REPORT_SCREENSHOT"):
-                page.screenshot(path=os.environ["FINPULSE_REPORT_SCREENSHOT"], full_page=True)
-        finally:
-            browser.close()
+    wanted = (screenshot, os.environ["FINPULSE_REPORT_SCREENSHOT"]) if os.environ.get("FINPULSE_REPORT_SCREENSHOT") else (screenshot,)
+    found = render(path, ready=f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {len(CHARTS) * 2}",
+                   inspect=_INSPECT, screenshots=wanted)
     assert screenshot.stat().st_size > 10_000
-    return {**found, "errors": errors, "requests": requests}
+    return found
