@@ -57,7 +57,8 @@ def plot(runs: list[tuple[str, dict[str, Any]]], out: Path, title: str) -> None:
             values = [max(0.0, f["phases"]["cold"]["cpu_ms_per_doc"].get(kind, 0.0)) for _, f in with_cpu]
             cpu.bar(range(len(with_cpu)), values, 0.6, bottom=bottom, label=kind)
             bottom = [b + v for b, v in zip(bottom, values)]
-        cpu.set_xticks(range(len(with_cpu)), [label for label, _ in with_cpu], fontsize=9)
+        cpu.set_xticks(range(len(with_cpu)), [label.replace("\n", " ") for label, _ in with_cpu], fontsize=8,
+                       rotation=20, ha="right")
         cpu.set_ylabel("CPU ms per stored document (cold phase)")
         cpu.set_title("where the CPU went, by process", fontsize=10)
         cpu.legend(fontsize=8)
