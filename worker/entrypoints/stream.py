@@ -190,7 +190,10 @@ def create_app(settings: Settings, engine: Engine, model_dir: str | None = None)
 
     @app.timer(5.0)
     async def report_consumer_lag() -> None:
-        await lag.update()
+        try:
+            await lag.update()
+        except Exception as exc:  # noqa: BLE001 - a metric never stops the worker (e.g. a partition mid-rebalance)
+            log.debug("consumer lag not updated: %r", exc)
 
     @app.task
     async def follow_live_model() -> None:
