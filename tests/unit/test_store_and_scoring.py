@@ -140,6 +140,7 @@ async def test_aggregates_always_equal_a_recomputation_from_documents(store: Per
     await write(item("e", 10, "positive", ["NVDA"]))  # late: lands in its own (old) window
     await write(item("b", 50, "negative", ["NVDA"]))  # re-scored with new entities: TSLA/AAPL windows shrink
     await write(item("b", 50, "positive", ["TSLA"], version="m2"))  # a second model beside the first
+    await write(item("c", 65, "neutral", []).model_copy(update={"sentiment_score": 0.25}))  # the score alone changes
     assert (60, int(base.timestamp()), "entity", "AAPL", "m1") not in await stored_aggregates(store)
 
 

@@ -74,7 +74,8 @@ class AggregateRepository:
         """Add a batch's deltas to their windows; returns every changed window that still holds documents."""
         rows = []
         for (w, start, key_type, key, version), (neg, neu, pos, volume, score_sum) in deltas.items():
-            if neg or neu or pos or volume:  # a redelivery cancels out: nothing to write (nor to judge again)
+            # A redelivery cancels out: nothing to write (nor to judge again). A score can change alone (same label).
+            if neg or neu or pos or volume or abs(score_sum) > 1e-9:
                 rows.append({
                     "window_s": w, "window_start": as_datetime(start), "key_type": key_type, "key": key,
                     "model_version": version, "count_negative": neg, "count_neutral": neu, "count_positive": pos,
