@@ -41,7 +41,7 @@ CONSUMER_LAG = Gauge(
 )
 STORE_ROWS = Counter("finpulse_store_rows_total", "Rows upserted into the SQL store")
 STORE_RETRIES = Counter("finpulse_store_retries_total", "SQL writes retried after a transient failure")
-STORE_UP = Gauge("finpulse_store_up", "1 after a successful SQL write, 0 while writes are failing")
+STORE_UP = Gauge("finpulse_store_up", "1 once the store answered at start or took a write, 0 while writes are failing")
 ALERTS_FIRED = Counter("finpulse_alerts_fired_total", "Alerts stored (each once per subscription, key and window)", ["rule"])
 ALERTS_PUBLISHED = Counter("finpulse_alerts_published_total", "Alerts sent to the alerts topic")
 WEBHOOK_POSTS = Counter("finpulse_webhook_posts_total", "Webhook POST attempts", ["outcome"])

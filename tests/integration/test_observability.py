@@ -14,6 +14,7 @@ from .conftest import Pipeline, wait_for
 
 @pytest.mark.worker_env(FINPULSE_LOG_FORMAT="json")
 def test_metrics_and_json_logs_describe_a_run(pipeline: Pipeline) -> None:
+    assert pipeline.worker.metric("finpulse_store_up") == 1  # the store answered at start: idle is not stuck
     items = sample_items(200, seed=7)
     pipeline.send_items(items)
     pipeline.send([b"{not json", b'{"text": ""}'])

@@ -163,6 +163,7 @@ def create_app(settings: Settings, engine: Engine, model_dir: str | None = None)
         database = make_engine(settings.store.url)
         subscriptions = LiveSubscriptions(SubscriptionRepository(database), settings.store.subscriptions_refresh_s)
         stage = PersistStage(database, settings.store, subscriptions, readiness=app.readiness)
+        await stage.probe()
         try:
             async for events in stream.noack_take(kafka.persist_batch_max, within=kafka.persist_batch_wait_ms / 1000):
                 decoded = decode_scored([record_of(e) for e in events])

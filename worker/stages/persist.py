@@ -36,6 +36,7 @@ from worker.logs import record_fields
 from worker.settings import StoreSettings
 from worker.stages import rules
 from worker.stages.records import Accepted, Reject
+from worker.store.database import answers
 from worker.store.subscriptions import LiveSubscriptions
 from worker.store.unit_of_work import unit_of_work
 
@@ -69,6 +70,16 @@ class PersistStage:
         self.subscriptions = subscriptions
         self.deliver_webhooks = deliver_webhooks
         self.readiness = readiness or Readiness()
+
+    async def probe(self, timeout_s: float = 5.0) -> None:
+        """At start: a store that answers is up before the first batch (an idle worker is not a stuck store).
+        One that does not stays 0 until a write gets through; the writes retry on their own."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                up = await answers(self.database)
+        except TimeoutError:
+            up = False
+        metrics.STORE_UP.set(1 if up else 0)
 
     async def __call__(self, batch: Sequence[Accepted[ScoredItem]]) -> Persisted:
         """Store the batch durably (see the module's docstring); never raises for a row the database refuses."""

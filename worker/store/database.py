@@ -9,6 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -29,6 +30,16 @@ def make_engine(url: str) -> AsyncEngine:
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         _owner_only(Path(engine.url.database))
     return engine
+
+
+async def answers(engine: AsyncEngine) -> bool:
+    """Whether the store takes a query now (`SELECT 1`); False, not an exception, when it does not."""
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception:  # noqa: BLE001 - any failure means "not now"; the caller says what it does then
+        return False
+    return True
 
 
 def _owner_only(path: Path) -> None:
