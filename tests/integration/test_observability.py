@@ -14,7 +14,11 @@ from .conftest import Pipeline, wait_for
 
 @pytest.mark.worker_env(FINPULSE_LOG_FORMAT="json")
 def test_metrics_and_json_logs_describe_a_run(pipeline: Pipeline) -> None:
-    assert pipeline.worker.metric("finpulse_store_up") == 1  # the store answered at start: idle is not stuck
+    # The store answered at start, so an idle worker is not a stuck one (the persist agent probes as it starts,
+    # which may come just after /health first answers).
+    wait_for(lambda: pipeline.worker.metric("finpulse_store_up") == 1, 30, "finpulse_store_up 1 before any write",
+             pipeline.worker)
+    assert pipeline.worker.metric("finpulse_documents_stored_total") == 0
     items = sample_items(200, seed=7)
     pipeline.send_items(items)
     pipeline.send([b"{not json", b'{"text": ""}'])
