@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -22,16 +21,12 @@ from typing import Any
 
 import yaml
 
+from tests.integration.conftest import _free_port as free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "ops" / "grafana" / "dashboards" / "finpulse.json"
 PROM_DIR = ROOT / "ops" / "prometheus"
 SQL_KINDS = {"grafana-postgresql-datasource"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Prometheus:
