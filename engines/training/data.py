@@ -85,6 +85,19 @@ def load_examples(
     return examples
 
 
+def load_texts(paths: Iterable[str | Path], *, field: str = "text", where: Where | None = None) -> list[str]:
+    """The `field` of every row that passes `where`, labelled or not (distillation needs no labels)."""
+    texts: list[str] = []
+    for path in map(Path, paths):
+        for line, row in _read_rows(path):
+            if not _matches(row, where):
+                continue
+            if field not in row:
+                raise ValueError(f"{path}:{line}: no {field!r} field (columns: {sorted(row)})")
+            texts.append(str(row[field] or ""))
+    return texts
+
+
 def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, row) so that errors can point at the offending line."""
     suffix = path.suffix.lower()

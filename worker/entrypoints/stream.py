@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,6 +76,8 @@ def create_app(settings: Settings, engine: Engine, model_dir: str | None = None)
         broker=kafka.url,
         broker_credentials=faust_credentials(kafka),
         store="memory://",
+        # Faust makes an (empty, with the memory store) data folder: keep it out of the working directory.
+        datadir=os.path.join(tempfile.gettempdir(), "finpulse-faust", "{conf.name}-data"),
         autodiscover=False,
         key_serializer="raw",
         value_serializer="raw",

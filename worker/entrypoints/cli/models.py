@@ -24,6 +24,56 @@ def train(ctx: typer.Context) -> None:
 
 
 @cli.command()
+def distill(
+    teacher: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Fine-tuned checkpoint to distil")],
+    data: Annotated[list[Path], typer.Option(exists=True, dir_okay=False,
+                                             help="Unlabelled text: JSONL/CSV with a `text` field (repeatable)")],
+    out: Annotated[Path, typer.Option(help="Directory for the student")],
+    layers: Annotated[int, typer.Option(help="Encoder layers the student keeps, evenly spaced, the last included")] = 6,
+    epochs: Annotated[int, typer.Option(help="Passes over the texts; the epoch closest to the teacher is kept")] = 2,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-4,
+    token_budget: Annotated[int, typer.Option(help="Padded tokens per training step")] = 2048,
+    max_length: Annotated[int, typer.Option(help="Tokens per text (as served)")] = 128,
+    temperature: Annotated[float, typer.Option(help="Softens both heads' distributions in the KL term")] = 2.0,
+    where: Annotated[Optional[list[str]], typer.Option(metavar="COLUMN=VALUE", help="Keep matching --data rows")] = None,
+    test: Annotated[Optional[list[Path]], typer.Option(exists=True, dir_okay=False,
+                                                       help="Labelled JSONL/CSV: macro-F1 of teacher and student")] = None,
+    test_where: Annotated[Optional[list[str]], typer.Option(metavar="COLUMN=VALUE", help="Keep matching --test rows")] = None,
+    sentiment_field: Annotated[str, typer.Option(help="--test's sentiment column (\"\" = none)")] = "sentiment",
+    topic_field: Annotated[str, typer.Option(help="--test's topic column (\"\" = none)")] = "topic",
+    seed: int = 13,
+) -> None:
+    """Distil a checkpoint into a shallower, faster student on unlabelled text (no labels needed).
+
+    The student keeps --layers of the teacher's encoder layers and learns the teacher's pooled
+    vectors and head distributions; `finpulse export --model OUT` then compiles it like any checkpoint.
+    """
+    from engines.training.data import Fields, load_examples, load_texts, parse_where
+    from engines.training.distill import DistillSettings
+    from engines.training.distill import distill as run_distill
+
+    try:
+        texts = load_texts(data, where=parse_where(where))
+        tests = {path.stem: load_examples([path], fields=Fields(sentiment=sentiment_field or None,
+                                                               topic=topic_field or None),
+                                          where=parse_where(test_where)) for path in test or []}
+        settings = DistillSettings(layers=layers, epochs=epochs, learning_rate=lr, token_budget=token_budget,
+                                   max_length=max_length, temperature=temperature, seed=seed)
+        report = run_distill(teacher, texts, out, settings, tests=tests)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    last = report["epochs"][report["best_epoch"]]
+    err.print(f"student ({layers} of {report['teacher_layers']} layers) written to {out} in {report['seconds']:.0f} s; "
+              f"held-out agreement with the teacher: sentiment {last['sentiment_agreement']:.1%}, "
+              f"topic {last['topic_agreement']:.1%}")
+    for name, result in report["tests"].items():
+        for head, change in result["macro_f1_change"].items():
+            err.print(f"{name} {head}: macro-F1 teacher {result['teacher'][head]['all']['macro_f1']:.4f}, "
+                      f"student {result['student'][head]['all']['macro_f1']:.4f} ({change * 100:+.2f} points)")
+
+
+@cli.command()
 def export(
     model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Checkpoint directory")],
     to: Annotated[list[str], typer.Option(help="onnx, onnx-int8, tensorrt (repeatable)")] = ["onnx", "onnx-int8"],
@@ -194,15 +244,21 @@ def model_e5_small(
 
 
 @model_cli.command("starter")
-def model_starter(out: Annotated[Path, typer.Argument(help="Directory to write")] = Path("models/starter")) -> None:
+def model_starter(
+    out: Annotated[Path, typer.Argument(help="Directory to write")] = Path("models/starter"),
+    layers: Annotated[
+        Optional[int], typer.Option(help="Build the committed distilled student of this many layers (faster)")
+    ] = None,
+) -> None:
     """Build the starter model: e5-small with finpulse's committed sentiment and topic heads (about a minute).
 
-    Its model card (README.md in the directory) lists the training data, licences and test figures.
+    Its model card (README.md in the directory) lists the training data, licences and test figures;
+    with --layers, also the student's against the full model.
     """
     from engines.pretrained.starter import build
 
     try:
-        build(out)
+        build(out, layers=layers)
     except (FileNotFoundError, ValueError) as e:
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
