@@ -76,8 +76,9 @@ def create_app(settings: Settings, engine: Engine, model_dir: str | None = None)
         broker=kafka.url,
         broker_credentials=faust_credentials(kafka),
         store="memory://",
-        # Faust makes an (empty, with the memory store) data folder: keep it out of the working directory.
-        datadir=os.path.join(tempfile.gettempdir(), "finpulse-faust", "{conf.name}-data"),
+        # Faust makes an (empty, with the memory store) data folder, parents not included: keep it out of
+        # the working directory.
+        datadir=os.path.join(tempfile.gettempdir(), "faust-{conf.name}-data"),
         autodiscover=False,
         key_serializer="raw",
         value_serializer="raw",

@@ -244,21 +244,15 @@ def model_e5_small(
 
 
 @model_cli.command("starter")
-def model_starter(
-    out: Annotated[Path, typer.Argument(help="Directory to write")] = Path("models/starter"),
-    layers: Annotated[
-        Optional[int], typer.Option(help="Build the committed distilled student of this many layers (faster)")
-    ] = None,
-) -> None:
+def model_starter(out: Annotated[Path, typer.Argument(help="Directory to write")] = Path("models/starter")) -> None:
     """Build the starter model: e5-small with finpulse's committed sentiment and topic heads (about a minute).
 
-    Its model card (README.md in the directory) lists the training data, licences and test figures;
-    with --layers, also the student's against the full model.
+    Its model card (README.md in the directory) lists the training data, licences and test figures.
     """
     from engines.pretrained.starter import build
 
     try:
-        build(out, layers=layers)
+        build(out)
     except (FileNotFoundError, ValueError) as e:
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
