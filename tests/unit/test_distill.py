@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
+from typer.testing import CliRunner
 
 from engines import load_engine
 from engines.modeling import BertForSentimentAndTopic
@@ -16,6 +17,7 @@ from engines.training.distill import REPORT_FILE, DistillSettings, distill, kept
 from engines.training.tiny import SPECIAL_TOKENS, build_tiny_checkpoint
 from engines.training.train import train
 from tests.unit.test_train import FAST, FILLERS, SENTIMENT_WORDS, TOPIC_WORDS, synthetic_rows, write_jsonl
+from worker.entrypoints.cli import cli
 
 
 def test_kept_layers_are_evenly_spaced_and_end_with_the_last() -> None:
@@ -110,3 +112,11 @@ def test_a_student_deeper_than_its_teacher_is_refused_before_any_work(teacher_di
     with pytest.raises(ValueError, match="1 to 3 layers"):
         distill(teacher_dir, ["a", "b"], tmp_path / "out", DistillSettings(layers=4), cache_dir=tmp_path / "cache")
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_command_names_a_bad_layer_count_without_a_traceback(teacher_dir: Path, tmp_path: Path) -> None:
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": text} for text in stream_texts()])
+    result = CliRunner().invoke(cli, ["distill", "--teacher", str(teacher_dir), "--data", str(texts),
+                                      "--out", str(tmp_path / "out"), "--layers", "5"])
+    assert result.exit_code == 2, result.output
+    assert "1 to 3 layers" in result.output and "Traceback" not in result.output

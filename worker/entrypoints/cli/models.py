@@ -45,8 +45,9 @@ def distill(
 ) -> None:
     """Distil a checkpoint into a shallower, faster student on unlabelled text (no labels needed).
 
-    The student keeps --layers of the teacher's encoder layers and learns the teacher's pooled
-    vectors and head distributions; `finpulse export --model OUT` then compiles it like any checkpoint.
+    It keeps --layers of the teacher's encoder layers and learns its pooled vectors and head distributions.
+
+    `finpulse export --model OUT` then compiles it like any checkpoint.
     """
     from engines.training.data import Fields, load_examples, load_texts, parse_where
     from engines.training.distill import DistillSettings
