@@ -5,7 +5,7 @@ evenly spaced and ending with the last (whose output the heads were trained on),
 from their weights, the embeddings and both heads. It then learns to give the teacher's
 pooled vector (mean squared error, scaled by the vectors' variance) and both heads' soft
 distributions (KL divergence at a temperature) on texts without labels, so the stream's own
-text is enough: no labelling is needed to make a model of the same quality cheaper to run.
+text is enough: a cheaper model needs no labelling, only the test sets to say what it costs.
 
 The teacher's pooled vectors are computed once per text and cached (engines/training/frozen.py),
 so a second run with other settings re-embeds nothing. The word-embedding table stays frozen:
@@ -14,7 +14,8 @@ unlabelled data lacks must keep the teacher's embeddings.
 
 The best epoch (highest mean label agreement with the teacher on held-out texts) is saved as a
 load_engine-ready directory with distill.json. Labelled test sets, when given, are scored with
-both models so that the quality cost is stated in macro-F1, not only in agreement.
+both models so that the quality cost is stated in macro-F1, not only in agreement. Training
+runs on the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def teacher_targets(
     cache = PooledCache(cache_dir, encoder_key(teacher, sha256_file(teacher_dir / WEIGHTS_NAME), max_length))
     vectors = pooled(teacher, tokenizer, texts, max_length=max_length, cache=cache)
     with torch.inference_mode():
-        logits = {"sentiment": teacher.sentiment_head(vectors), "topic": teacher.topic_head(vectors)}
+        on_device = vectors.to(teacher.device)
+        logits = {"sentiment": teacher.sentiment_head(on_device).cpu(), "topic": teacher.topic_head(on_device).cpu()}
     return vectors, logits
 
 
@@ -115,7 +117,8 @@ def distill(
     started = time.monotonic()
     random.seed(settings.seed)
     torch.manual_seed(settings.seed)
-    teacher = BertForSentimentAndTopic.from_pretrained(teacher_dir).eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = BertForSentimentAndTopic.from_pretrained(teacher_dir).eval().to(device)
     kept_layers(teacher.config.num_hidden_layers, settings.layers)  # refuse a bad count before any work
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     unique = list(dict.fromkeys(t for t in texts if t.strip()))
@@ -136,7 +139,7 @@ def distill(
     train_ids = encode_texts(tokenizer, train_texts, max_length=settings.max_length, prefix=prefix)
     dev_ids = encode_texts(tokenizer, dev_texts, max_length=settings.max_length, prefix=prefix)
 
-    student = make_student(teacher, settings.layers)
+    student = make_student(teacher, settings.layers).to(device)
     student.bert.embeddings.word_embeddings.weight.requires_grad_(False)
     trainable = [p for p in student.parameters() if p.requires_grad]
     batches_per_epoch = len(_shuffled_batches(train_ids, settings.token_budget, random.Random(0)))
@@ -155,10 +158,10 @@ def distill(
         losses = []
         for batch in tqdm(_shuffled_batches(train_ids, settings.token_budget, rng), desc=f"distil epoch {epoch}",
                           unit="batch"):
-            input_ids, mask = (torch.from_numpy(a) for a in pad_rows([train_ids[i] for i in batch],
-                                                                     tokenizer.pad_token_id))
-            loss = _loss(student, input_ids, mask, train_vectors[batch], {h: train_logits[h][batch] for h in HEADS},
-                         vector_scale, settings)
+            input_ids, mask = (torch.from_numpy(a).to(device) for a in pad_rows([train_ids[i] for i in batch],
+                                                                                tokenizer.pad_token_id))
+            loss = _loss(student, input_ids, mask, train_vectors[batch].to(device),
+                         {h: train_logits[h][batch].to(device) for h in HEADS}, vector_scale.to(device), settings)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
@@ -175,7 +178,7 @@ def distill(
             student.save_pretrained(out_dir)
             tokenizer.save_pretrained(out_dir)
 
-    best_student = BertForSentimentAndTopic.from_pretrained(out_dir).eval()
+    best_student = BertForSentimentAndTopic.from_pretrained(out_dir).eval().to(device)
     report: dict[str, Any] = {
         "teacher": str(teacher_dir),
         "teacher_layers": teacher.config.num_hidden_layers,
@@ -224,8 +227,10 @@ def _predict(
     vectors = torch.empty(len(ids), model.config.hidden_size)
     for batch in budget_batches(order, ids, token_budget * 4):
         input_ids, mask = pad_rows([ids[i] for i in batch], pad_token_id)
-        vectors[batch] = model.pool(torch.from_numpy(input_ids), torch.from_numpy(mask)).float()
-    return vectors, {"sentiment": model.sentiment_head(vectors), "topic": model.topic_head(vectors)}
+        vectors[batch] = model.pool(torch.from_numpy(input_ids).to(model.device),
+                                    torch.from_numpy(mask).to(model.device)).float().cpu()
+    heads = vectors.to(model.device)
+    return vectors, {"sentiment": model.sentiment_head(heads).cpu(), "topic": model.topic_head(heads).cpu()}
 
 
 def _agreement(
