@@ -3,7 +3,8 @@
 The student is the teacher with some encoder layers dropped: it keeps `layers` of them,
 evenly spaced and ending with the last (whose output the heads were trained on), and starts
 from their weights, the embeddings and both heads. It then learns to give the teacher's
-pooled vector (mean squared error, scaled by the vectors' variance) and both heads' soft
+pooled vector (squared error per dimension over that dimension's variance, the space heads
+trained on standardised vectors read) and both heads' soft
 distributions (KL divergence at a temperature) on texts without labels, so the stream's own
 text is enough: a cheaper model needs no labelling, only the test sets to say what it costs.
 
@@ -67,7 +68,7 @@ def kept_layers(total: int, keep: int) -> list[int]:
     """Evenly spaced layer indices ending with the last: 12 -> 6 keeps 1, 3, 5, 7, 9, 11."""
     if not 0 < keep <= total:
         raise ValueError(f"the student keeps 1 to {total} layers, not {keep}")
-    return [round((i + 1) * total / keep) - 1 for i in range(keep)]
+    return [math.floor((i + 1) * total / keep + 0.5) - 1 for i in range(keep)]  # halves up, not to even
 
 
 def make_student(teacher: BertForSentimentAndTopic, layers: int) -> BertForSentimentAndTopic:
@@ -146,7 +147,8 @@ def distill(
     total_steps = batches_per_epoch * settings.epochs
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(total_steps * settings.warmup_fraction), total_steps)
-    vector_scale = train_vectors.var(dim=0).mean().clamp(min=1e-8)
+    # Per dimension: heads trained on standardised vectors (frozen.py) amplify the low-variance ones.
+    vector_scale = train_vectors.var(dim=0).clamp(min=1e-8)
 
     epochs: list[dict[str, Any]] = [{"epoch": 0, **_agreement(student, dev_ids, dev_vectors, dev_logits, tokenizer,
                                                                settings.token_budget)}]
@@ -208,7 +210,7 @@ def _loss(
     logits: Mapping[str, torch.Tensor], vector_scale: torch.Tensor, settings: DistillSettings,
 ) -> torch.Tensor:
     vector = student.pool(input_ids, mask)
-    loss = settings.vector_weight * F.mse_loss(vector, vectors) / vector_scale
+    loss = settings.vector_weight * ((vector - vectors) ** 2 / vector_scale).mean()
     pooled_out = student.dropout(vector)
     t = settings.temperature
     for head, layer in (("sentiment", student.sentiment_head), ("topic", student.topic_head)):

@@ -23,6 +23,7 @@ from worker.entrypoints.cli import cli
 def test_kept_layers_are_evenly_spaced_and_end_with_the_last() -> None:
     assert kept_layers(12, 6) == [1, 3, 5, 7, 9, 11]
     assert kept_layers(12, 4) == [2, 5, 8, 11]
+    assert kept_layers(12, 8) == [1, 2, 4, 5, 7, 8, 10, 11]
     assert kept_layers(12, 12) == list(range(12))
     assert kept_layers(3, 1) == [2]
     for bad in (0, 13):
