@@ -2,6 +2,7 @@
 
     finpulse model starter DIR                                   # build it (about a minute, offline)
     python -m engines.pretrained.starter --data ../shared/data   # retrain the committed heads
+    python -m engines.pretrained.starter --distill 6             # a 6-layer student of it (not committed)
 
 The encoder is frozen, so only the two heads were trained (`finpulse train --freeze-encoder`);
 they are committed beside this file (under a megabyte) with eval.json and a model card, and
@@ -257,7 +258,7 @@ def distill_starter(data_dir: Path, work_dir: Path, settings: DistillSettings, *
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m engines.pretrained.starter", description="Retrain the starter heads.")
+    p = argparse.ArgumentParser(prog="python -m engines.pretrained.starter", description="Retrain the starter heads, or distil the starter.")
     p.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared/data folder")
     p.add_argument("--work", type=Path, default=Path("models/starter-work"), help="converted encoder, mix, model")
     p.add_argument("--cache-dir", type=Path, help="pooled-vector cache (default: ~/.cache/finpulse/pooled)")
