@@ -115,8 +115,9 @@ def distill(
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train and save the student; return (and write to out_dir/distill.json) what it measured."""
+    if settings.epochs < 1:
+        raise ValueError(f"distilling needs at least 1 epoch, got {settings.epochs}")
     started = time.monotonic()
-    random.seed(settings.seed)
     torch.manual_seed(settings.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = BertForSentimentAndTopic.from_pretrained(teacher_dir).eval().to(device)
@@ -148,7 +149,7 @@ def distill(
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(total_steps * settings.warmup_fraction), total_steps)
     # Per dimension: heads trained on standardised vectors (frozen.py) amplify the low-variance ones.
-    vector_scale = train_vectors.var(dim=0).clamp(min=1e-8)
+    vector_scale = train_vectors.var(dim=0).clamp(min=1e-8).to(device)
 
     epochs: list[dict[str, Any]] = [{"epoch": 0, **_agreement(student, dev_ids, dev_vectors, dev_logits, tokenizer,
                                                                settings.token_budget)}]
@@ -163,7 +164,7 @@ def distill(
             input_ids, mask = (torch.from_numpy(a).to(device) for a in pad_rows([train_ids[i] for i in batch],
                                                                                 tokenizer.pad_token_id))
             loss = _loss(student, input_ids, mask, train_vectors[batch].to(device),
-                         {h: train_logits[h][batch].to(device) for h in HEADS}, vector_scale.to(device), settings)
+                         {h: train_logits[h][batch].to(device) for h in HEADS}, vector_scale, settings)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()

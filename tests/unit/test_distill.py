@@ -112,6 +112,8 @@ def test_the_student_learns_the_teachers_answers_without_labels(teacher_dir: Pat
 def test_a_student_deeper_than_its_teacher_is_refused_before_any_work(teacher_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="1 to 3 layers"):
         distill(teacher_dir, ["a", "b"], tmp_path / "out", DistillSettings(layers=4), cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="at least 1 epoch"):
+        distill(teacher_dir, ["a", "b"], tmp_path / "out", DistillSettings(layers=1, epochs=0), cache_dir=tmp_path / "cache")
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
