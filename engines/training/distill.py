@@ -76,8 +76,9 @@ def make_student(teacher: BertForSentimentAndTopic, layers: int) -> BertForSenti
     keep = kept_layers(teacher.config.num_hidden_layers, layers)
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = layers
-    config.finpulse_model_name = f"{teacher.config.finpulse_model_name}-distilled-{layers}l"
-    config.finpulse_distilled_from = {"model": teacher.config.finpulse_model_name, "layers": keep}
+    teacher_name = getattr(teacher.config, "finpulse_model_name", None) or teacher.config.model_type
+    config.finpulse_model_name = f"{teacher_name}-distilled-{layers}l"
+    config.finpulse_distilled_from = {"model": teacher_name, "layers": keep}
     student = BertForSentimentAndTopic(config)
     renamed = {}
     for name, tensor in teacher.state_dict().items():
