@@ -43,7 +43,7 @@ from engines.serving.batching import budget_batches, encode_texts, pad_rows
 from engines.serving.checkpoint import WEIGHTS_NAME, input_prefix, sha256_file
 from engines.training.data import Example
 from engines.training.evaluate import evaluate
-from engines.training.frozen import PooledCache, default_cache_dir, encoder_key, pooled
+from engines.training.frozen import PooledCache, default_cache_dir, embed, encoder_key, pooled
 
 REPORT_FILE = "distill.json"
 HEADS = ("sentiment", "topic")
@@ -138,9 +138,7 @@ def distill(
                                                   max_length=settings.max_length, cache_dir=cache_dir)
     dev_vectors, dev_logits = teacher_targets(teacher, teacher_dir, tokenizer, dev_texts,
                                               max_length=settings.max_length, cache_dir=cache_dir)
-    prefix = input_prefix(teacher.config)
-    train_ids = encode_texts(tokenizer, train_texts, max_length=settings.max_length, prefix=prefix)
-    dev_ids = encode_texts(tokenizer, dev_texts, max_length=settings.max_length, prefix=prefix)
+    train_ids = encode_texts(tokenizer, train_texts, max_length=settings.max_length, prefix=input_prefix(teacher.config))
 
     student = make_student(teacher, settings.layers).to(device)
     student.bert.embeddings.word_embeddings.weight.requires_grad_(False)
@@ -152,8 +150,8 @@ def distill(
     # Per dimension: heads trained on standardised vectors (frozen.py) amplify the low-variance ones.
     vector_scale = train_vectors.var(dim=0).clamp(min=1e-8).to(device)
 
-    epochs: list[dict[str, Any]] = [{"epoch": 0, **_agreement(student, dev_ids, dev_vectors, dev_logits, tokenizer,
-                                                               settings.token_budget)}]
+    epochs: list[dict[str, Any]] = [{"epoch": 0, **_agreement(student, tokenizer, dev_texts, dev_vectors, dev_logits,
+                                                               settings.max_length)}]
     log.info("before training: %s", epochs[0])
     best = -1.0
     rng = random.Random(settings.seed)
@@ -173,7 +171,7 @@ def distill(
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
         row = {"epoch": epoch, "train_loss": fmean(losses),
-               **_agreement(student, dev_ids, dev_vectors, dev_logits, tokenizer, settings.token_budget)}
+               **_agreement(student, tokenizer, dev_texts, dev_vectors, dev_logits, settings.max_length)}
         epochs.append(row)
         log.info("epoch %d: %s", epoch, row)
         score = fmean(row[f"{h}_agreement"] for h in HEADS)
@@ -222,27 +220,21 @@ def _loss(
 
 
 @torch.inference_mode()
-def _predict(
-    model: BertForSentimentAndTopic, ids: Sequence[Sequence[int]], pad_token_id: int, token_budget: int,
+def _answers(
+    model: BertForSentimentAndTopic, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Pooled vectors and both heads' logits, in input order."""
-    model.eval()
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    vectors = torch.empty(len(ids), model.config.hidden_size)
-    for batch in budget_batches(order, ids, token_budget * 4):
-        input_ids, mask = pad_rows([ids[i] for i in batch], pad_token_id)
-        vectors[batch] = model.pool(torch.from_numpy(input_ids).to(model.device),
-                                    torch.from_numpy(mask).to(model.device)).float().cpu()
-    heads = vectors.to(model.device)
-    return vectors, {"sentiment": model.sentiment_head(heads).cpu(), "topic": model.topic_head(heads).cpu()}
+    """Pooled vectors (on the CPU) and both heads' logits, in input order."""
+    vectors = embed(model, tokenizer, texts, max_length=max_length, desc="scoring")
+    on_device = vectors.to(model.device)
+    return vectors, {"sentiment": model.sentiment_head(on_device).cpu(), "topic": model.topic_head(on_device).cpu()}
 
 
 def _agreement(
-    student: BertForSentimentAndTopic, ids: Sequence[Sequence[int]], vectors: torch.Tensor,
-    logits: Mapping[str, torch.Tensor], tokenizer: PreTrainedTokenizerBase, token_budget: int,
+    student: BertForSentimentAndTopic, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], vectors: torch.Tensor,
+    logits: Mapping[str, torch.Tensor], max_length: int,
 ) -> dict[str, float]:
     """How closely the student follows the teacher on held-out texts."""
-    got_vectors, got = _predict(student, ids, tokenizer.pad_token_id, token_budget)
+    got_vectors, got = _answers(student, tokenizer, texts, max_length)
     row = {"vector_cosine": F.cosine_similarity(got_vectors, vectors).mean().item()}
     for head in HEADS:
         row[f"{head}_agreement"] = (got[head].argmax(-1) == logits[head].argmax(-1)).float().mean().item()
@@ -254,13 +246,12 @@ def compare_on(
     rows: Sequence[Example], settings: DistillSettings,
 ) -> dict[str, Any]:
     """Macro-F1 of teacher and student on one labelled test set, per head and language."""
-    ids = encode_texts(tokenizer, [r.text for r in rows], max_length=settings.max_length,
-                       prefix=input_prefix(teacher.config))
+    texts = [r.text for r in rows]
     langs = [r.lang for r in rows]
     gold = {head: [getattr(r, head) for r in rows] for head in HEADS if any(getattr(r, head) for r in rows)}
     out: dict[str, Any] = {"n": len(rows)}
     for role, model in (("teacher", teacher), ("student", student)):
-        _, logits = _predict(model, ids, tokenizer.pad_token_id, settings.token_budget)
+        _, logits = _answers(model, tokenizer, texts, settings.max_length)
         labels = {"sentiment": model.config.sentiment_labels, "topic": model.config.topic_labels}
         pred = {head: [labels[head][i] for i in logits[head].argmax(-1).tolist()] for head in gold}
         out[role] = evaluate(gold, pred, langs, labels)

@@ -83,13 +83,14 @@ def encoder_key(model: BertForSentimentAndTopic, weights_sha256: str, max_length
 @torch.inference_mode()
 def embed(
     model: BertForSentimentAndTopic, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, max_length: int,
+    desc: str = "embedding (once per text)",
 ) -> torch.Tensor:
     """[len(texts), hidden] pooled vectors, in length-sorted token-budget batches (less padding)."""
     model.eval()
     ids = encode_texts(tokenizer, texts, max_length=max_length, prefix=input_prefix(model.config))
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = torch.empty(len(ids), model.config.hidden_size)
-    bar = tqdm(total=len(ids), desc="embedding (once per text)", unit="text")
+    bar = tqdm(total=len(ids), desc=desc, unit="text")
     for batch in budget_batches(order, ids, EMBED_TOKEN_BUDGET):
         input_ids, mask = pad_rows([ids[i] for i in batch], tokenizer.pad_token_id)
         out[batch] = model.pool(torch.from_numpy(input_ids).to(model.device),

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, BertTokenizerFast
 from typer.testing import CliRunner
 
 from engines import load_engine
 from engines.modeling import BertForSentimentAndTopic
 from engines.training.data import Example, load_texts
 from engines.training.distill import REPORT_FILE, DistillSettings, distill, kept_layers, make_student
-from engines.training.tiny import SPECIAL_TOKENS, build_tiny_checkpoint
+from engines.training.tiny import build_tiny_checkpoint
 from engines.training.train import train
-from tests.unit.test_train import FAST, FILLERS, SENTIMENT_WORDS, TOPIC_WORDS, synthetic_rows, write_jsonl
+from tests.unit.test_train import FAST, FILLERS, SENTIMENT_WORDS, TOPIC_WORDS, synthetic_rows, write_jsonl, write_plain_bert
 from worker.entrypoints.cli import cli
 
 
@@ -60,16 +59,7 @@ def stream_texts() -> list[str]:
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-layer BERT fine-tuned on the keyword task until it answers it."""
-    base = tmp_path_factory.mktemp("base")
-    words = {w for r in synthetic_rows() for w in r["text"].replace(":", " : ").split()}
-    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate([*SPECIAL_TOKENS, *sorted(words)])},
-                                  do_lower_case=False)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                        intermediate_size=64, initializer_range=0.1, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    base = write_plain_bert(tmp_path_factory.mktemp("base"), layers=3)
     train_file = write_jsonl(base / "train.jsonl", synthetic_rows())
     out = tmp_path_factory.mktemp("teacher")
     report = train(str(base), [train_file], None, out, epochs=10, **FAST)

@@ -84,12 +84,16 @@ def plain_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Its word-level vocabulary is exactly the synthetic rows' words, in sorted order, so the numbers the
     training tests see are reproducible.
     """
-    out = tmp_path_factory.mktemp("plain-bert")
+    # One layer, no dropout: learns the keywords within a few epochs whatever the seed.
+    return write_plain_bert(tmp_path_factory.mktemp("plain-bert"), layers=1)
+
+
+def write_plain_bert(out: Path, *, layers: int) -> Path:
+    """A headless 32-wide BERT (seeded, no dropout) whose vocabulary is the synthetic rows' words."""
     words = {w for r in synthetic_rows() for w in r["text"].replace(":", " : ").split()}
     tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate([*SPECIAL_TOKENS, *sorted(words)])},
                                   do_lower_case=False)
-    # One layer, no dropout: learns the keywords within a few epochs whatever the seed.
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
                         intermediate_size=64, initializer_range=0.1, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
