@@ -1,5 +1,8 @@
 """`finpulse bench --pipeline` end to end: every figure present and sane, and nothing of its deployment left behind.
 
+It runs two workers (`--workers 2`), so the group's settling and the summing of both workers' counters,
+CPU and memory are checked too; one worker is the same code with one process.
+
 Speed is never asserted (docs/CONVENTIONS.md): only that the figures exist and agree with each other.
 """
 
@@ -24,6 +27,7 @@ KEYS = (
     "engine_docs_per_s", "pipeline_docs_per_s", "cached_docs_per_s", "pipeline_engine_ratio",
     "p50_stored_ms", "p99_stored_ms", "p50_scored_ms", "p99_scored_ms", "startup_s", "peak_rss_mb",
     "n", "backend", "model_version", "settings", "cpu", "steady_rate_docs_per_s", "latency_n", "phases",
+    "workers", "engine_threads", "peak_rss_mb_per_worker",
 )
 
 
@@ -45,7 +49,7 @@ def test_bench_pipeline_reports_every_figure_and_cleans_up(services: None, tiny_
     }
     bench = subprocess.run(
         [sys.executable, "-m", "worker", "bench", "--pipeline", "--model", str(tiny_model), "--data", str(data),
-         "--n", str(N), "--repeats", "1", "--latency-s", "5", "--out", str(out)],
+         "--n", str(N), "--repeats", "1", "--latency-s", "5", "--workers", "2", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert bench.returncode == 0, bench.stdout + bench.stderr
@@ -64,11 +68,15 @@ def test_bench_pipeline_reports_every_figure_and_cleans_up(services: None, tiny_
         assert 0 < figures[f"p50_{stage}_ms"] <= figures[f"p99_{stage}_ms"], stage
     assert figures["p50_scored_ms"] <= figures["p50_stored_ms"]
     assert figures["startup_s"] > 0 and figures["peak_rss_mb"] > 0
+    assert figures["workers"] == 2 and len(figures["peak_rss_mb_per_worker"]) == 2
+    assert figures["peak_rss_mb"] == pytest.approx(sum(figures["peak_rss_mb_per_worker"]))
+    assert figures["engine_threads"] == 2  # the ceiling gets both workers' FINPULSE_ENGINE_THREADS=1
     assert figures["cpu"]["logical_cpus"] >= 1
 
     phases = figures["phases"]
     assert [phases[name]["docs"] for name in ("cold", "cached")] == [N, N]
-    assert phases["cold"]["worker"]["engine_texts"] == N  # distinct texts, empty cache: all through the model
+    # Distinct texts, empty cache: all through the model, counted over both workers.
+    assert phases["cold"]["worker"]["engine_texts"] == N
     assert phases["cached"]["worker"]["cache_hits"] > 0  # same texts, new ids: served from Redis
     assert phases["steady"]["docs"] == figures["latency_n"] >= 2
     assert sum(phase["worker"]["dlq"] for phase in phases.values()) == 0

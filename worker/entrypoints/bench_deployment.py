@@ -1,8 +1,9 @@
 """A throw-away deployment for `finpulse bench --pipeline`: its own namespace, topics, PostgreSQL database,
-Redis prefix and worker process, on the services the user's settings name, removed afterwards.
+Redis prefix and worker processes, on the services the user's settings name, removed afterwards.
 
-The worker is a real `python -m worker worker` child, started the way an operator starts it, so
-the figures include everything production pays for (Faust, Kafka round trips, Redis, SQL).
+Each worker is a real `python -m worker worker` child, started the way an operator starts it, so
+the figures include everything production pays for (Faust, Kafka round trips, Redis, SQL). With
+several, they share the consumer group as replicas do, and the figures are their sums.
 """
 
 from __future__ import annotations
@@ -71,10 +72,11 @@ async def _pg_execute(dsn: str, sql: str) -> None:
 
 
 class Deployment:
-    """Namespace `bench<hex>`, database `fp_bench_<hex>` and a worker with MODEL and BACKEND; a context manager
-    whose exit stops the worker and removes what was made, also after a failure or Ctrl-C."""
+    """Namespace `bench<hex>`, database `fp_bench_<hex>` and WORKERS workers with MODEL and BACKEND; a context
+    manager whose exit stops the workers and removes what was made, also after a failure or Ctrl-C."""
 
-    def __init__(self, environment: dict[str, str], model: Path, backend: str | None, log_path: Path) -> None:
+    def __init__(self, environment: dict[str, str], model: Path, backend: str | None, log_path: Path,
+                 workers: int = 1) -> None:
         tag = uuid.uuid4().hex[:10]
         server = make_url(environment.get(PREFIX + "DATABASE_URL", ""))
         if not server.drivername.startswith("postgresql"):
@@ -93,11 +95,15 @@ class Deployment:
             "FINPULSE_NAMESPACE": f"bench{tag}",
             "FINPULSE_DATABASE_URL": server.set(database=self.database).render_as_string(hide_password=False),
             "FINPULSE_MODEL_DIR": str(model.resolve()),
-            "FINPULSE_WEB_PORT": str(_free_port()),
         }
         self.settings = Settings.from_env(self.env, env_file=None)
+        partitions = self.settings.kafka.topic_partitions
+        if not 1 <= workers <= partitions:
+            raise ValueError(f"--workers must be between 1 and the topics' {partitions} partitions "
+                             f"(FINPULSE_TOPIC_PARTITIONS), got {workers}")
+        self.ports = [_free_port() for _ in range(workers)]
         self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
         self._made_database = False
         self.leftovers: list[str] = []  # what remove() could not remove, and why
 
@@ -113,58 +119,89 @@ class Deployment:
     def __exit__(self, *exc: object) -> None:
         self.leftovers = self.remove()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.kafka.web_port}"
-
-    def start_worker(self, timeout_s: float) -> float:
-        """Start the worker; seconds from the process start to `/health` answering 200."""
-        with self.log_path.open("ab") as log:
+    def start_workers(self, timeout_s: float) -> float:
+        """Start every worker at once; seconds from their start until all answer `/health` with 200 and,
+        with several, the consumer group is stable with each of them holding docs partitions."""
+        with self.log_path.open("ab") as log:  # one log; each line names its process id
             started = time.perf_counter()
-            self.proc = subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=self.env, stdout=log, stderr=log)
+            for port in self.ports:
+                env = {**self.env, "FINPULSE_WEB_PORT": str(port)}
+                self.procs.append(subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=env,
+                                                   stdout=log, stderr=log))
         while time.perf_counter() - started < timeout_s:
-            if self.health() is not None:
+            if all(self._health(port) is not None for port in self.ports) and self._group_settled():
                 return time.perf_counter() - started
             time.sleep(0.1)
-        raise RuntimeError(f"the worker was not healthy after {timeout_s:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(f"the workers were not healthy after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def _group_settled(self) -> bool:
+        """One worker: always (its /health is enough). Several: the group is Stable and each holds docs partitions,
+        so no rebalance falls into the timed phases."""
+        if len(self.ports) == 1:
+            return True
+        from kafka.admin import KafkaAdminClient
+
+        kafka = self.settings.kafka
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(kafka.url), **client_options(kafka))
+        try:
+            info = admin.describe_groups([self.settings.app_id])[self.settings.app_id]
+        finally:
+            admin.close()
+        members = info.get("members") or []
+        docs = self.settings.topic("docs")
+        holding = [
+            member for member in members
+            if any(a["topic"] == docs and a["partitions"]
+                   for a in (member.get("member_assignment") or {}).get("assigned_partitions", []))
+        ]
+        return info.get("group_state") == "Stable" and len(members) == len(holding) == len(self.ports)
 
     @property
-    def worker_pid(self) -> int:
-        assert self.proc is not None, "the worker has not been started"
-        return self.proc.pid
+    def worker_pids(self) -> list[int]:
+        assert self.procs, "the workers have not been started"
+        return [proc.pid for proc in self.procs]
 
     def check_running(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"the worker exited ({self.proc and self.proc.returncode}):\n{self.log_tail()}")
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a worker exited ({proc.returncode}):\n{self.log_tail()}")
 
-    def health(self) -> dict[str, object] | None:
-        """`/health`'s body while it answers 200, else None."""
+    def _health(self, port: int) -> dict[str, object] | None:
         self.check_running()
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
                 return json.loads(response.read()) if response.status == 200 else None
         except (OSError, ValueError):
             return None
 
+    def health(self) -> dict[str, object] | None:
+        """The first worker's `/health` body while it answers 200, else None."""
+        return self._health(self.ports[0])
+
     def metrics(self) -> dict[str, float]:
-        """The worker's Prometheus samples, summed over their labels, by sample name."""
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
-            text = response.read().decode()
+        """The workers' Prometheus samples, summed over their labels and the workers, by sample name."""
         totals: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+        for port in self.ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
         return totals
 
-    def peak_rss_mb(self) -> float | None:
-        """The worker's peak resident memory so far (VmHWM, MiB); None where /proc has no such field."""
-        assert self.proc is not None
-        try:
-            lines = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
-        except OSError:
-            return None
-        found = [line.split()[1] for line in lines if line.startswith("VmHWM:")]
-        return int(found[0]) / 1024 if found else None
+    def peak_rss_mb(self) -> list[float]:
+        """Each worker's peak resident memory so far (VmHWM, MiB); empty where /proc has no such field."""
+        peaks = []
+        for pid in self.worker_pids:
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                return []
+            found = [line.split()[1] for line in lines if line.startswith("VmHWM:")]
+            if not found:
+                return []
+            peaks.append(int(found[0]) / 1024)
+        return peaks
 
     def clear_cache(self) -> int:
         """Delete this namespace's Redis keys (its cached scores); returns how many."""
@@ -184,21 +221,23 @@ class Deployment:
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop_worker(self, timeout_s: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    def stop_workers(self, timeout_s: float = 30) -> None:
+        running = [proc for proc in self.procs if proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in running:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def remove(self) -> list[str]:
-        """Stop the worker, then delete the topics, the consumer group, the Redis keys and the database;
+        """Stop the workers, then delete the topics, the consumer group, the Redis keys and the database;
         each step runs even if one before it failed. Returns what could not be removed, and why."""
         failures = []
-        steps = [("worker", self.stop_worker), ("topics", self._delete_kafka), ("redis keys", self.clear_cache)]
+        steps = [("workers", self.stop_workers), ("topics", self._delete_kafka), ("redis keys", self.clear_cache)]
         if self._made_database:
             steps.append(("database", lambda: asyncio.run(
                 _pg_execute(self._admin_dsn, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
@@ -221,7 +260,7 @@ class Deployment:
             ours = [t for t in admin.list_topics() if t.startswith((f"{ns}.", f"{ns}-"))]
             if ours:
                 admin.delete_topics(ours)
-            if self.proc is not None:
+            if self.procs:
                 outcomes = admin.delete_groups([self.settings.app_id]).items()  # group -> "OK" or an error's name
                 refused = [f"group {group}: {error}" for group, error in outcomes if error not in ("OK", "GroupIdNotFoundError")]
                 if refused:

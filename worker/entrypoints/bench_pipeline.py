@@ -76,20 +76,22 @@ def load_items(data: Path, n: int, max_text_chars: int) -> list[dict[str, str]]:
     return items
 
 
-def engine_ceiling(settings: Settings, texts: list[str], repeats: int) -> dict[str, object]:
-    """docs/s of the worker's model and backend alone on TEXTS (median of REPEATS after a warm-up)."""
+def engine_ceiling(settings: Settings, texts: list[str], repeats: int, workers: int = 1) -> dict[str, object]:
+    """docs/s of the worker's model and backend alone on TEXTS (median of REPEATS after a warm-up), with the
+    threads of all WORKERS together: what the machine's share of the deployment could score at best."""
     from engines import load_engine
 
     cfg = settings.engine
+    threads = cfg.threads * workers if cfg.threads else None
     engine = load_engine(cfg.model_dir, cfg.backend, max_length=cfg.max_length, token_budget=cfg.token_budget,
-                         threads=cfg.threads, max_chunks=cfg.max_chunks)
+                         threads=threads, max_chunks=cfg.max_chunks)
     engine.predict(texts[:64])
     runs = []
     for _ in range(repeats):
         started = time.perf_counter()
         engine.predict(texts)
         runs.append(time.perf_counter() - started)
-    figures = {"backend": engine.backend, "model_version": engine.model_version,
+    figures = {"backend": engine.backend, "model_version": engine.model_version, "threads": threads,
                "seconds": statistics.median(runs), "docs_per_s": len(texts) / statistics.median(runs)}
     del engine
     gc.collect()  # the worker should not find this process still holding a model's worth of memory
@@ -113,8 +115,8 @@ def cpu() -> dict[str, object]:
     }
 
 
-def cpu_seconds(worker_pid: int) -> dict[str, float]:
-    """CPU time (user + system) so far of the worker, this bench process, and the services' processes by
+def cpu_seconds(worker_pids: list[int]) -> dict[str, float]:
+    """CPU time (user + system) so far of the workers (together), this bench process, and the services' processes by
     kind (Kafka's JVM, every PostgreSQL and Redis process): per phase, the deltas say where the time goes.
     Processes of other users of the same services count too; the bench says so beside the figures."""
     totals = {"worker": 0.0, "bench": 0.0, "kafka": 0.0, "postgres": 0.0, "redis": 0.0}
@@ -124,7 +126,7 @@ def cpu_seconds(worker_pid: int) -> dict[str, float]:
         if times is None:
             continue
         name = info["name"] or ""
-        if info["pid"] == worker_pid:
+        if info["pid"] in worker_pids:
             kind = "worker"
         elif info["pid"] == os.getpid():
             kind = "bench"
@@ -163,7 +165,7 @@ class Phases:
         messages = [(f"{name}-{i}", json.dumps({"id": f"{name}-{i}", **item}, ensure_ascii=False).encode())
                     for i, item in enumerate(items)]
         before = self.deployment.metrics()
-        cpu_before = cpu_seconds(self.deployment.worker_pid)
+        cpu_before = cpu_seconds(self.deployment.worker_pids)
         task = self.progress.add_task(f"{name}: stored", total=len(messages))
         started = time.perf_counter()
         sending = asyncio.create_task(self._send(messages, rate, started))
@@ -174,7 +176,7 @@ class Phases:
         finally:
             sending.cancel()  # after a failure or Ctrl-C: stop sending before the producer closes
         after = self.deployment.metrics()
-        cpu_after = cpu_seconds(self.deployment.worker_pid)
+        cpu_after = cpu_seconds(self.deployment.worker_pids)
         self.progress.remove_task(task)
         return {
             "docs": len(messages),
@@ -257,7 +259,7 @@ async def _measure(deployment: Deployment, items: list[dict[str, str]], progress
 
 
 def run(model: Path, data: Path, n: int, backend: str | None, repeats: int, rate: float | None, latency_s: float,
-        progress: Progress, say: Callable[[str], None]) -> dict[str, object]:
+        progress: Progress, say: Callable[[str], None], workers: int = 1) -> dict[str, object]:
     """Every figure of one pipeline bench (see the module doc); the deployment is removed whatever happens,
     SIGTERM included."""
     environment = service_environment()
@@ -270,23 +272,23 @@ def run(model: Path, data: Path, n: int, backend: str | None, repeats: int, rate
     handle, name = tempfile.mkstemp(prefix="finpulse-bench-worker-", suffix=".log")
     os.close(handle)
     log_path = Path(name)
-    deployment = Deployment(environment, model, backend, log_path)
+    deployment = Deployment(environment, model, backend, log_path, workers)
     previous = signal.signal(signal.SIGTERM, _interrupted)
     try:
         with deployment, progress:
             settings = deployment.settings
             say(f"namespace {settings.namespace}, database {deployment.database}; worker log {log_path}")
             task = progress.add_task("engine alone", total=None)
-            ceiling = engine_ceiling(settings, [item["text"] for item in items], repeats)
+            ceiling = engine_ceiling(settings, [item["text"] for item in items], repeats, workers)
             progress.remove_task(task)
             say(f"engine alone ({ceiling['backend']}): {ceiling['docs_per_s']:.1f} docs/s")
-            startup_s = deployment.start_worker(timeout_s=300)
+            startup_s = deployment.start_workers(timeout_s=300)
             health = deployment.health() or {}
-            say(f"worker healthy after {startup_s:.1f} s ({health.get('backend')}, {health.get('model_version')})")
+            say(f"{'worker' if workers == 1 else f'{workers} workers'} healthy after {startup_s:.1f} s ({health.get('backend')}, {health.get('model_version')})")
             # Generous: ten times the engine's time per phase, plus room for the consumer's first join.
             timeout_s = 120 + 10 * len(items) / float(ceiling["docs_per_s"])  # type: ignore[arg-type]
             measured = asyncio.run(_measure(deployment, items, progress, say, rate, latency_s, timeout_s))
-            peak_rss_mb = deployment.peak_rss_mb()
+            peak_rss_mb = deployment.peak_rss_mb()  # per worker
     finally:
         signal.signal(signal.SIGTERM, previous)
         if deployment.leftovers:
@@ -304,12 +306,15 @@ def run(model: Path, data: Path, n: int, backend: str | None, repeats: int, rate
         "engine_backend": ceiling["backend"],
         "engine_docs_per_s": ceiling["docs_per_s"],
         "engine_repeats": repeats,
+        "engine_threads": ceiling["threads"],
+        "workers": workers,
         "pipeline_docs_per_s": cold["docs_per_s"],
         "cached_docs_per_s": cached["docs_per_s"],
         "pipeline_engine_ratio": cold["docs_per_s"] / ceiling["docs_per_s"],  # type: ignore[operator]
         **measured,
         "startup_s": startup_s,
-        "peak_rss_mb": peak_rss_mb,
+        "peak_rss_mb": sum(peak_rss_mb) if peak_rss_mb else None,  # all workers together
+        "peak_rss_mb_per_worker": peak_rss_mb,
         "namespace": settings.namespace,
         "database": deployment.database,
         "worker_log": str(log_path),
@@ -329,7 +334,9 @@ def _interrupted(signum: int, frame: object) -> None:
 
 def summary(figures: dict[str, object]) -> Table:
     """The headline figures of a run, as the terminal shows them."""
-    table = Table(title=f"pipeline bench: {figures['n']} docs, {figures['backend']} ({figures['model_version']})")
+    workers = figures.get("workers", 1)
+    table = Table(title=f"pipeline bench: {figures['n']} docs, {figures['backend']} ({figures['model_version']})"
+                  + (f", {workers} workers" if workers != 1 else ""))
     table.add_column("figure")
     table.add_column("value", justify="right")
     rows = [

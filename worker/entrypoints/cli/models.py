@@ -162,13 +162,16 @@ def bench(
         Optional[float], typer.Option(help="--pipeline: docs/s of the latency phase (default: half the cold rate)")
     ] = None,
     latency_s: Annotated[float, typer.Option(help="--pipeline: about how long the latency phase sends, s")] = 60.0,
+    workers: Annotated[
+        int, typer.Option(min=1, help="--pipeline: worker processes sharing the consumer group, as replicas do")
+    ] = 1,
 ) -> None:
     """Documents per second of each backend on the same texts, in one process, against the first;
     with --pipeline, of the worker on real services against its engine alone, with latency, startup and memory."""
     from rich.table import Table
 
     if pipeline:
-        _bench_pipeline(model, data, n, backend, repeats, rate, latency_s, out)
+        _bench_pipeline(model, data, n, backend, repeats, rate, latency_s, out, workers)
         return
 
     from engines.export.bench import bench_backends
@@ -198,13 +201,13 @@ def bench(
 
 def _bench_pipeline(
     model: Path, data: Path, n: int, backend: str | None, repeats: int, rate: float | None, latency_s: float,
-    out: Path | None,
+    out: Path | None, workers: int,
 ) -> None:
     from worker.entrypoints import bench_pipeline
 
     setup_logging("error")  # the Kafka and SQL clients' reconnect chatter would bury the progress lines
     try:
-        figures = bench_pipeline.run(model, data, n, backend, repeats, rate, latency_s, progress(), err.print)
+        figures = bench_pipeline.run(model, data, n, backend, repeats, rate, latency_s, progress(), err.print, workers)
     except (ValueError, RuntimeError, OSError) as exc:
         err.print(f"[red]pipeline bench failed: {exc}[/red]")
         raise typer.Exit(1) from exc
