@@ -44,6 +44,20 @@ def test_bad_input_is_rejected_with_its_reason(raw: bytes, reason: str) -> None:
     assert result.detail
 
 
+def test_nesting_limit_is_exact() -> None:
+    """32 nested containers are allowed while empty; a value inside the 32nd is at depth 33 and refused."""
+    allowed = decode(b'{"text": "x", "meta": ' + b"[" * 31 + b"]" * 31 + b"}")
+    refused = decode(b'{"text": "x", "meta": ' + b"[" * 31 + b"1" + b"]" * 31 + b"}")
+    assert isinstance(allowed, NewsItem), allowed
+    assert isinstance(refused, Rejection) and refused.reason == "too_deep"
+
+
+def test_surrogate_escape_is_refused_in_any_field_and_case() -> None:
+    for raw in (b'{"text": "bad \\uD83D"}', b'{"text": "ok", "unknown_field": ["\\udc00"]}'):
+        result = decode(raw)
+        assert isinstance(result, Rejection) and result.reason == "invalid_text", raw
+
+
 def test_valid_item_is_normalised_and_gets_a_stable_id() -> None:
     raw = json.dumps({"source": "twitter", "text": "  Cafe\u0301   up\n\n5%  ", "lang": "fr"}).encode()
     first, second = decode(raw), decode(raw)

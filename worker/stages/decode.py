@@ -64,7 +64,8 @@ def _depth(value: Any, limit: int) -> int:
 def normalise_text(text: str) -> str:
     """NFC, control characters dropped, whitespace runs collapsed: one text, one cache key."""
     text = unicodedata.normalize("NFC", text)
-    text = "".join(ch if unicodedata.category(ch)[0] != "C" or ch in "\t\n\r" else " " for ch in text)
+    if not text.isprintable():  # a printable text has no category-C character: skip the per-character pass
+        text = "".join(ch if unicodedata.category(ch)[0] != "C" or ch in "\t\n\r" else " " for ch in text)
     return " ".join(text.split())
 
 
@@ -72,22 +73,21 @@ def clean_field(value: str) -> str:
     """A name or key as it will be stored and grouped by: NFKC, every control and format character
     dropped (NUL, zero-width, bidi overrides), whitespace collapsed. So `TSLA\u200b` is `TSLA`."""
     value = unicodedata.normalize("NFKC", value)
-    return " ".join("".join(ch for ch in value if unicodedata.category(ch)[0] != "C").split())
+    if not value.isprintable():
+        value = "".join(ch for ch in value if unicodedata.category(ch)[0] != "C")
+    return " ".join(value.split())
 
 
-def _cleaned(item: NewsItem) -> NewsItem:
+def _cleaned_fields(item: NewsItem) -> dict[str, Any]:
     """Every string field but the text cleaned (the text is normalised on its own); empty ones dropped."""
-    tickers = [t for t in (clean_field(t) for t in item.tickers) if t]
-    return item.model_copy(
-        update={
-            "id": clean_field(item.id) or None if item.id is not None else None,
-            "source": clean_field(item.source) or "unknown",
-            "lang": clean_field(item.lang) or None if item.lang is not None else None,
-            "author": clean_field(item.author) or None if item.author is not None else None,
-            "url": clean_field(item.url) or None if item.url is not None else None,
-            "tickers": tickers,
-        }
-    )
+    return {
+        "id": clean_field(item.id) or None if item.id is not None else None,
+        "source": clean_field(item.source) or "unknown",
+        "lang": clean_field(item.lang) or None if item.lang is not None else None,
+        "author": clean_field(item.author) or None if item.author is not None else None,
+        "url": clean_field(item.url) or None if item.url is not None else None,
+        "tickers": [t for t in (clean_field(t) for t in item.tickers) if t],
+    }
 
 
 def _event_time_refused(published_at: datetime | None) -> str | None:
@@ -137,15 +137,19 @@ def decode_news_item(raw: bytes | None, *, max_text_chars: int) -> NewsItem | Re
         return Rejection("invalid_json", str(exc)[:200])
     if not isinstance(payload, dict):
         return Rejection("not_an_object", f"expected a JSON object, got {type(payload).__name__}")
-    if _depth(payload, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+    # Each level of nesting opens a bracket (32 nested containers put a value at depth 33), so a message with
+    # fewer brackets cannot be too deep.
+    if raw.count(b"[") + raw.count(b"{") >= MAX_JSON_DEPTH and _depth(payload, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         return Rejection("too_deep", f"nesting deeper than {MAX_JSON_DEPTH}")
     try:
         item = NewsItem.model_validate(payload)
     except ValidationError as exc:
         return Rejection(*_describe(exc))
     try:
-        # Lone surrogates ("\ud800") survive json.loads but cannot be stored or re-sent.
-        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        # Lone surrogates ("\ud800") survive json.loads but cannot be stored or re-sent. Valid UTF-8 holds
+        # none, so only a \u escape can make one.
+        if b"\\u" in raw:
+            json.dumps(payload, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return Rejection("invalid_text", "contains lone UTF-16 surrogates")
     if len(item.text) > max_text_chars:
@@ -157,9 +161,9 @@ def decode_news_item(raw: bytes | None, *, max_text_chars: int) -> NewsItem | Re
     refused = _event_time_refused(published_at)
     if refused:
         return Rejection("invalid_field", refused)
-    item = _cleaned(item)
+    fields = _cleaned_fields(item)
     return item.model_copy(
-        update={"text": text, "id": item.id or derive_id(item.source, text), "published_at": published_at}
+        update={**fields, "text": text, "id": fields["id"] or derive_id(fields["source"], text), "published_at": published_at}
     )
 
 
