@@ -119,18 +119,22 @@ class Deployment:
     def __exit__(self, *exc: object) -> None:
         self.leftovers = self.remove()
 
-    def start_workers(self, timeout_s: float) -> float:
-        """Start every worker at once; seconds from their start until all answer `/health` with 200 and,
-        with several, the consumer group is stable with each of them holding docs partitions."""
+    def start_workers(self, timeout_s: float) -> tuple[float, float]:
+        """Start every worker at once. Returns seconds from their start until all answer `/health` with 200,
+        and until the consumer group is also stable with each of them holding docs partitions (with one
+        worker, the same)."""
         with self.log_path.open("ab") as log:  # one log; each line names its process id
             started = time.perf_counter()
             for port in self.ports:
                 env = {**self.env, "FINPULSE_WEB_PORT": str(port)}
                 self.procs.append(subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=env,
                                                    stdout=log, stderr=log))
+        healthy_s = None
         while time.perf_counter() - started < timeout_s:
-            if all(self._health(port) is not None for port in self.ports) and self._group_settled():
-                return time.perf_counter() - started
+            if healthy_s is None and all(self._health(port) is not None for port in self.ports):
+                healthy_s = time.perf_counter() - started
+            if healthy_s is not None and self._group_settled():
+                return healthy_s, time.perf_counter() - started
             time.sleep(0.1)
         raise RuntimeError(f"the workers were not healthy after {timeout_s:.0f} s:\n{self.log_tail()}")
 

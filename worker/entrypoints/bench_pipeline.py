@@ -282,9 +282,11 @@ def run(model: Path, data: Path, n: int, backend: str | None, repeats: int, rate
             ceiling = engine_ceiling(settings, [item["text"] for item in items], repeats, workers)
             progress.remove_task(task)
             say(f"engine alone ({ceiling['backend']}): {ceiling['docs_per_s']:.1f} docs/s")
-            startup_s = deployment.start_workers(timeout_s=300)
+            startup_s, settled_s = deployment.start_workers(timeout_s=300)
             health = deployment.health() or {}
-            say(f"{'worker' if workers == 1 else f'{workers} workers'} healthy after {startup_s:.1f} s ({health.get('backend')}, {health.get('model_version')})")
+            who = "worker" if workers == 1 else f"{workers} workers"
+            settled = f", group stable after {settled_s:.1f} s" if workers > 1 else ""
+            say(f"{who} healthy after {startup_s:.1f} s{settled} ({health.get('backend')}, {health.get('model_version')})")
             # Generous: ten times the engine's time per phase, plus room for the consumer's first join.
             timeout_s = 120 + 10 * len(items) / float(ceiling["docs_per_s"])  # type: ignore[arg-type]
             measured = asyncio.run(_measure(deployment, items, progress, say, rate, latency_s, timeout_s))
@@ -313,6 +315,7 @@ def run(model: Path, data: Path, n: int, backend: str | None, repeats: int, rate
         "pipeline_engine_ratio": cold["docs_per_s"] / ceiling["docs_per_s"],  # type: ignore[operator]
         **measured,
         "startup_s": startup_s,
+        "group_settled_s": settled_s,
         "peak_rss_mb": sum(peak_rss_mb) if peak_rss_mb else None,  # all workers together
         "peak_rss_mb_per_worker": peak_rss_mb,
         "namespace": settings.namespace,
