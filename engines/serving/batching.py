@@ -60,6 +60,7 @@ class Batcher:
         max_rows: int | None = None,
         prefix: str = "",
         max_chunks: int = 1,
+        max_padding: float | None = None,
     ) -> None:
         if not 0 < max_length <= token_budget:
             raise ValueError(f"need 0 < max_length <= token_budget, got {max_length=} {token_budget=}")
@@ -67,6 +68,8 @@ class Batcher:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         if max_chunks < 1:
             raise ValueError(f"max_chunks must be >= 1, got {max_chunks}")
+        if max_padding is not None and max_padding < 1:
+            raise ValueError(f"max_padding must be >= 1 (padded tokens per real token), got {max_padding}")
         if set(sentiment_labels) != set(SENTIMENT_LABELS):
             raise ValueError(f"sentiment labels {list(sentiment_labels)} != {list(SENTIMENT_LABELS)}")
         self.tokenizer = tokenizer
@@ -77,10 +80,12 @@ class Batcher:
         self.topic_labels = list(topic_labels)
         self.prefix = prefix
         self.max_chunks = max_chunks
+        self.max_padding = max_padding
 
     @classmethod
     def for_checkpoint(
-        cls, model_dir: Path, *, max_length: int, token_budget: int, max_rows: int | None = None, max_chunks: int = 1
+        cls, model_dir: Path, *, max_length: int, token_budget: int, max_rows: int | None = None, max_chunks: int = 1,
+        max_padding: float | None = None,
     ) -> Batcher:
         """A Batcher with model_dir's tokenizer and the label sets from its config.json, for
         backends that never load the torch model (whose config would carry them); the tokenizer
@@ -96,6 +101,7 @@ class Batcher:
                 max_rows=max_rows,
                 prefix=input_prefix(config),
                 max_chunks=max_chunks,
+                max_padding=max_padding,
             )
         except (KeyError, ValueError) as e:
             raise ValueError(f"{model_dir}: {e}") from None
@@ -177,8 +183,9 @@ class Batcher:
         return encode_texts(self.tokenizer, texts, max_length=self.max_length, prefix=self.prefix)
 
     def batches(self, order: list[int], encoded: list[list[int]]) -> Iterator[list[int]]:
-        """Cut length-sorted indices so that (longest in batch) x (batch size) <= token_budget."""
-        return budget_batches(order, encoded, self.token_budget, self.max_rows)
+        """Cut length-sorted indices so that (longest in batch) x (batch size) <= token_budget (and the padding
+        stays within max_padding)."""
+        return budget_batches(order, encoded, self.token_budget, self.max_rows, self.max_padding)
 
     def pad(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Right-pad rows to the longest: (input_ids, attention_mask), int64 as BERT exports expect."""
@@ -186,17 +193,24 @@ class Batcher:
 
 
 def budget_batches(
-    order: list[int], encoded: list[list[int]], token_budget: int, max_rows: int | None = None
+    order: list[int], encoded: list[list[int]], token_budget: int, max_rows: int | None = None,
+    max_padding: float | None = None,
 ) -> Iterator[list[int]]:
-    """Cut indices sorted by ascending length so that (longest in batch) x (batch size) <= token_budget."""
+    """Cut indices sorted by ascending length so that (longest in batch) x (batch size) <= token_budget and,
+    with max_padding, the padded tokens are at most max_padding x the real ones. A long sorted run of texts
+    has neighbours of nearly the same length and is rarely cut by that; a handful of texts of every length
+    (what a lightly loaded worker gets) is cut into groups of like length instead of padded to the longest."""
     batch: list[int] = []
+    real = 0  # tokens of the batch's texts, without padding
     for i in order:
         # Lengths are ascending, so the newcomer sets the padded width of the batch.
-        full = max_rows is not None and len(batch) == max_rows
-        if batch and (full or len(encoded[i]) * (len(batch) + 1) > token_budget):
+        width, full = len(encoded[i]), max_rows is not None and len(batch) == max_rows
+        padded = width * (len(batch) + 1)
+        if batch and (full or padded > token_budget or (max_padding is not None and padded > max_padding * (real + width))):
             yield batch
-            batch = []
+            batch, real = [], 0
         batch.append(i)
+        real += width
     if batch:
         yield batch
 

@@ -347,6 +347,32 @@ def test_max_batch_size_and_token_budget_are_respected(name: str, make) -> None:
 
 
 @pytest.mark.parametrize("name", backend_params())
+def test_padding_stays_within_the_backends_bound(name: str, make) -> None:
+    """A few texts of every length are scored in groups of like length, not padded to the longest."""
+    engine = make(name)
+    bound = engine.max_padding
+    batches: list[tuple[int, int]] = []  # (padded, real) tokens of each forward pass
+    forward = engine._logits
+
+    def recording(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batches.append((input_ids.size, int(attention_mask.sum())))
+        return forward(input_ids, attention_mask)
+
+    engine._logits = recording  # type: ignore[method-assign]
+    texts = ["up", "Shares rose 2% after results.", " ".join(["Quarterly revenue beat every estimate"] * 6)]
+    try:
+        expected = [make(name).predict([text])[0] for text in texts]
+        results = engine.predict(texts)
+    finally:
+        del engine._logits
+    assert [r.sentiment.label for r in results] == [e.sentiment.label for e in expected]
+    if bound is None:  # a GPU backend pads freely
+        return
+    assert len(batches) > 1  # these three lengths cannot share a batch within the bound
+    assert all(rows_padded <= bound * real for rows_padded, real in batches if real), batches
+
+
+@pytest.mark.parametrize("name", backend_params())
 def test_protocol_attributes(name: str, make) -> None:
     engine = make(name)
     assert engine.backend == name.removesuffix("-fp32")  # the name load_engine and `finpulse bench` use

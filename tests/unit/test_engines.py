@@ -104,6 +104,20 @@ def test_registered_but_missing_backend_is_a_clear_error(tiny_dir: Path, monkeyp
         load_engine(tiny_dir, backend="onnxruntime")
 
 
+def test_budget_batches_bound_tokens_rows_and_padding() -> None:
+    from engines.serving.batching import budget_batches
+
+    lengths = [3, 4, 4, 10, 11, 30]
+    rows = [[0] * n for n in lengths]
+    order = list(range(len(rows)))
+    assert list(budget_batches(order, rows, token_budget=1000)) == [order]
+    assert list(budget_batches(order, rows, token_budget=40)) == [[0, 1, 2, 3], [4], [5]]
+    assert list(budget_batches(order, rows, token_budget=1000, max_rows=2)) == [[0, 1], [2, 3], [4, 5]]
+    # 3,4,4 pad to 12 for 11 real tokens; adding 10 would pad to 40 for 21: cut. 10,11 pad to 22 for 21.
+    assert list(budget_batches(order, rows, token_budget=1000, max_padding=1.25)) == [[0, 1, 2], [3, 4], [5]]
+    assert list(budget_batches(order, rows, token_budget=1000, max_padding=100)) == [order]
+
+
 def test_max_length_must_fit_token_budget(tiny_dir: Path) -> None:
     with pytest.raises(ValueError, match="token_budget"):
         load_engine(tiny_dir, max_length=256, token_budget=128)

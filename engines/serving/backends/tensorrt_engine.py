@@ -41,6 +41,7 @@ class TensorRTEngine(BatchedEngine):
     """
 
     backend = "tensorrt"
+    max_padding = None
 
     def __init__(
         self,

@@ -43,6 +43,7 @@ class TorchEngine(BatchedEngine):
                 max_rows=self.max_batch_size,
                 prefix=input_prefix(config),
                 max_chunks=self.max_chunks,
+                max_padding=self.max_padding,
             )
         except ValueError as e:
             raise ValueError(f"{model_dir}: {e}") from None
