@@ -61,6 +61,8 @@ def test_bench_pipeline_reports_every_figure_and_cleans_up(services: None, tiny_
     assert figures["backend"] == "torch" and figures["model_version"].startswith("tiny-mbert")
     assert figures["settings"]["FINPULSE_BATCH_MAX"] == "32"
     assert not [name for name in figures["settings"] if "PASSWORD" in name]
+    assert "FINPULSE_API_TOKEN" not in figures["settings"] and "FINPULSE_SECRET_KEYS" not in figures["settings"]
+    assert figures["settings"]["FINPULSE_TOKEN_BUDGET"] == "512"  # a batch size, not a secret
     for rate in ("engine_docs_per_s", "pipeline_docs_per_s", "cached_docs_per_s", "steady_rate_docs_per_s"):
         assert figures[rate] > 0, rate
     assert figures["pipeline_engine_ratio"] == pytest.approx(figures["pipeline_docs_per_s"] / figures["engine_docs_per_s"])

@@ -30,7 +30,11 @@ from worker.kafka_security import client_options
 from worker.settings import PREFIX, Settings
 from worker.topics import bootstrap_servers, ensure_topics
 
-SECRET_NAMES = ("PASSWORD", "SECRET", "TOKEN")
+
+def _is_secret(name: str) -> bool:
+    """By whole words: FINPULSE_API_TOKEN and FINPULSE_SECRET_KEYS hold secrets, FINPULSE_TOKEN_BUDGET a batch size."""
+    words = name.removeprefix(PREFIX).split("_")
+    return bool({"PASSWORD", "SECRET"} & set(words)) or words[-1] == "TOKEN"
 
 
 def service_environment() -> dict[str, str]:
@@ -53,7 +57,7 @@ def shown_settings(settings: Settings) -> dict[str, str]:
     return {
         name: re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", value)
         for name, value in settings.to_env().items()
-        if not any(word in name for word in SECRET_NAMES)
+        if not _is_secret(name)
     }
 
 
