@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from worker.entrypoints.cli.app import cli, err, model_cli, progress, setup_logging
+from worker.settings import Settings
 
 
 @cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
@@ -151,6 +152,9 @@ def bench(
         str, typer.Option(help="Comma-separated; the first is the baseline; `NAME@N` scores long texts over N chunks")
     ] = "torch,onnxruntime,onnxruntime-int8",
     threads: Annotated[int, typer.Option(help="CPU threads per backend")] = 2,
+    token_budget: Annotated[
+        Optional[int], typer.Option(min=8, help="Padded tokens per batch (default FINPULSE_TOKEN_BUDGET, as the worker)")
+    ] = None,
     repeats: Annotated[int, typer.Option(help="Timed repeats (median reported)")] = 5,
     out: Annotated[Optional[Path], typer.Option(help="Write the figures as JSON here")] = None,
     pipeline: Annotated[
@@ -181,8 +185,10 @@ def bench(
     texts = [item.text for item in decoded if not isinstance(item, Rejection)][:n]
     if not texts:
         raise typer.BadParameter(f"no valid items with a `text` in {data}", param_hint="--data")
-    results = bench_backends(model, texts, [b.strip() for b in backends.split(",")], threads=threads, repeats=repeats)
-    table = Table(title=f"{len(texts)} texts from {data.name}, {threads} threads, median of {repeats}")
+    budget = token_budget or Settings.from_env().engine.token_budget
+    results = bench_backends(model, texts, [b.strip() for b in backends.split(",")], threads=threads, repeats=repeats,
+                             token_budget=budget)
+    table = Table(title=f"{len(texts)} texts from {data.name}, {threads} threads, budget {budget} tokens, median of {repeats}")
     for column in ("backend", "docs/s", "× baseline", "sentiment labels same", "topic labels same", "max prob diff"):
         table.add_column(column, justify="right")
     for name, r in results.items():
