@@ -16,6 +16,8 @@ KEDA_VERSION=v2.21.0
 dir=${1:?usage: ops/k8s/tools.sh DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 python=${PYTHON:-python3}
+# A relative path (make's default .venv/bin/python) must survive the `cd` below.
+case $python in */*) python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")" ;; esac
 mkdir -p "$dir/bin" "$dir/keda"
 dir=$(cd "$dir" && pwd)
 command -v go >/dev/null || { echo "ops/k8s/tools.sh: Go is needed (https://go.dev/dl/)" >&2; exit 1; }
