@@ -25,6 +25,17 @@ def bootstrap_servers(kafka_url: str) -> list[str]:
     return hosts
 
 
+def group_partitions(admin: KafkaAdminClient, group: str, topic: str) -> tuple[str, list[list[int]]]:
+    """GROUP's state (`Stable`, `PreparingRebalance`, …) and, per member, its partitions of TOPIC, sorted."""
+    info = admin.describe_groups([group])[group]
+    held = [
+        sorted(p for a in (member.get("member_assignment") or {}).get("assigned_partitions", [])
+               if a["topic"] == topic for p in a["partitions"])
+        for member in info.get("members") or []
+    ]
+    return info.get("group_state") or "", held
+
+
 def ensure_topics(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap_servers(settings.kafka.url), client_id=f"{settings.app_id}-admin",

@@ -42,7 +42,7 @@ from kafka.admin import KafkaAdminClient
 from tests.integration.conftest import KAFKA, REDIS_URL, Database, Worker, _free_port, wait_for
 from worker.samples import sample_items
 from worker.settings import Settings
-from worker.topics import ensure_topics
+from worker.topics import ensure_topics, group_partitions
 
 
 @dataclass
@@ -187,18 +187,8 @@ class ScaleRun:
 
     def assignment(self) -> list[list[int]] | None:
         """Docs partitions of each member while the group is Stable with all N members, else None."""
-        info = self.admin.describe_groups([self.settings.app_id])[self.settings.app_id]
-        members = info.get("members") or []
-        if info.get("group_state") != "Stable" or len(members) != self.n:
-            return None
-        found = []
-        for member in members:
-            parts = [
-                p for a in (member.get("member_assignment") or {}).get("assigned_partitions", [])
-                if a["topic"] == self.topics["docs"] for p in a["partitions"]
-            ]
-            found.append(sorted(parts))
-        return found
+        state, held = group_partitions(self.admin, self.settings.app_id, self.topics["docs"])
+        return held if state == "Stable" and len(held) == self.n else None
 
     def wait_group(self, timeout: float = 120) -> list[list[int]]:
         """Until the group is Stable with N members that hold every docs partition between them."""

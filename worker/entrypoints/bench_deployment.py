@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 
 from worker.kafka_security import client_options
 from worker.settings import PREFIX, Settings
-from worker.topics import bootstrap_servers, ensure_topics
+from worker.topics import bootstrap_servers, ensure_topics, group_partitions
 
 
 def _is_secret(name: str) -> bool:
@@ -135,34 +135,33 @@ class Deployment:
                                                    stdout=log, stderr=log))
         healthy_s = None
         while time.perf_counter() - started < timeout_s:
-            if healthy_s is None and all(self._health(port) is not None for port in self.ports):
+            if all(self._health(port) is not None for port in self.ports):
                 healthy_s = time.perf_counter() - started
-            if healthy_s is not None and self._group_settled():
-                return healthy_s, time.perf_counter() - started
+                break
             time.sleep(0.1)
-        raise RuntimeError(f"the workers were not healthy after {timeout_s:.0f} s:\n{self.log_tail()}")
+        if healthy_s is None:
+            raise RuntimeError(f"the workers were not healthy after {timeout_s:.0f} s:\n{self.log_tail()}")
+        if len(self.ports) > 1:
+            self._wait_group_settled(started + timeout_s)
+        return healthy_s, time.perf_counter() - started
 
-    def _group_settled(self) -> bool:
-        """One worker: always (its /health is enough). Several: the group is Stable and each holds docs partitions,
-        so no rebalance falls into the timed phases."""
-        if len(self.ports) == 1:
-            return True
+    def _wait_group_settled(self, deadline: float) -> None:
+        """Until the group is Stable with every worker holding docs partitions, so no rebalance falls into the
+        timed phases. (One worker needs no wait: its /health is enough.)"""
         from kafka.admin import KafkaAdminClient
 
         kafka = self.settings.kafka
         admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers(kafka.url), **client_options(kafka))
         try:
-            info = admin.describe_groups([self.settings.app_id])[self.settings.app_id]
+            while time.perf_counter() < deadline:
+                self.check_running()
+                state, held = group_partitions(admin, self.settings.app_id, self.settings.topic("docs"))
+                if state == "Stable" and len(held) == len(self.ports) and all(held):
+                    return
+                time.sleep(0.1)
         finally:
             admin.close()
-        members = info.get("members") or []
-        docs = self.settings.topic("docs")
-        holding = [
-            member for member in members
-            if any(a["topic"] == docs and a["partitions"]
-                   for a in (member.get("member_assignment") or {}).get("assigned_partitions", []))
-        ]
-        return info.get("group_state") == "Stable" and len(members) == len(holding) == len(self.ports)
+        raise RuntimeError(f"the group of {len(self.ports)} workers did not settle:\n{self.log_tail()}")
 
     @property
     def worker_pids(self) -> list[int]:
