@@ -96,6 +96,10 @@ class KafkaSettings(Section):
     # 88.8 / 99.5 / 95.4 docs/s and stored p99 at half rate 504 / 430 / 618 ms for 64 / 128 / 256).
     batch_max: int = env("BATCH_MAX", 128, "Most documents per scoring micro-batch", ge=1, le=4096)
     batch_wait_ms: int = env("BATCH_WAIT_MS", 20, "Longest wait to fill a scoring micro-batch, ms", ge=1, le=60_000)
+    score_in_flight: int = env(
+        "SCORE_IN_FLIGHT", 3, "Scoring micro-batches worked on at once; those waiting for the model go in together",
+        ge=1, le=64,
+    )
     persist_batch_max: int = env("PERSIST_BATCH_MAX", 500, "Most rows per SQL upsert", ge=1, le=10_000)
     # Faust's take() starts this wait after each batch and ends it when the batch is full: under load the upserts
     # still fill up to PERSIST_BATCH_MAX, so the wait only adds latency below that (200 ms before: most of the

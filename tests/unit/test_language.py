@@ -39,5 +39,4 @@ def test_tagged_items_never_load_the_detector() -> None:
         assert [lang for lang, _ in stage._enrich(mixed)] == ["de", "und", "en"]
         assert language._shared_detector.cache_info().currsize == 1
     finally:
-        stage._executor.shutdown()
         stage._enricher.shutdown()

@@ -34,6 +34,7 @@ from worker.backoff import Backoff
 from worker.delivery.outbox import AlertOutbox
 from worker.entrypoints.consumer_lag import LagReporter
 from worker.entrypoints.guarded_app import GuardedApp
+from worker.entrypoints.in_order import InOrder
 from worker.entrypoints.live_model import LiveModel
 from worker.kafka_security import client_options, faust_credentials
 from worker.logs import record_fields, stage_context
@@ -147,17 +148,28 @@ def create_app(settings: Settings, engine: Engine, model_dir: str | None = None)
         """Decode and score each batch; emit ScoredItems and dead letters, then ack."""
         stage_context("score")
         log.info("scoring %s into %s", docs.get_topic_name(), scored.get_topic_name())
-        stage = build_score_stage(serving.engine, settings.pipeline, settings.cache, cache_prefix=settings.redis_prefix)
+        stage = build_score_stage(serving.engine, settings.pipeline, settings.cache, cache_prefix=settings.redis_prefix,
+                                  max_engine_texts=kafka.batch_max * kafka.score_in_flight)
+        windows = InOrder(kafka.score_in_flight)
+
+        async def score_window(events: list[EventT], engine: Engine) -> tuple[list[EventT], list[Reject], list[Accepted]]:
+            decoded = decode([record_of(e) for e in events], max_text_chars=settings.pipeline.max_text_chars)
+            result = await stage(decoded.accepted, engine)
+            return events, decoded.rejected + result.rejected, result.accepted
+
+        async def finish_window(scored_window: tuple[list[EventT], list[Reject], list[Accepted]]) -> None:
+            events, rejected, accepted = scored_window
+            await dead_letter(rejected)
+            await emit_scored(accepted)
+            ack(events)
+
         try:
             async for events in stream.noack_take(kafka.batch_max, within=kafka.batch_wait_ms / 1000):
-                stage.engine = serving.engine  # a promoted model takes over here, between batches: none mixes versions
                 metrics.DOCS_IN.inc(len(events))
-                decoded = decode([record_of(e) for e in events], max_text_chars=settings.pipeline.max_text_chars)
-                result = await stage(decoded.accepted)
-                await dead_letter(decoded.rejected + result.rejected)
-                await emit_scored(result.accepted)
-                ack(events)
+                # A promoted model takes over from the next window: none mixes versions.
+                await windows.start(score_window(events, serving.engine), finish_window)
         finally:
+            await asyncio.shield(windows.cancel())
             await asyncio.shield(stage.close())
 
     @app.agent(scored, concurrency=1)

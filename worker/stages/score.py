@@ -1,8 +1,9 @@
 """Stage 2, score: language, entities, the Redis cache in one round trip, the model on the misses only.
 
-The model runs in a single worker thread so the event loop keeps consuming while it
-works; identical texts in a batch are scored once. A text the model fails on is
-rejected alone (`engine_error`), never the batch.
+The model runs in a single worker thread, behind a queue that merges the windows waiting for
+it (worker/stages/engine_queue.py), so the event loop keeps consuming while it works; identical
+texts in a window are scored once. A text the model fails on is rejected alone (`engine_error`),
+never the window.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from worker import metrics
 from worker.settings import CacheSettings, PipelineSettings
 from worker.stages.cache import ScoreCache
 from worker.stages.decode import text_hash
+from worker.stages.engine_queue import EngineQueue
 from worker.stages.entities import Watchlist, find_entities
 from worker.stages.language import UNKNOWN, LanguageDetector, normalise_lang
 from worker.stages.records import Accepted, Reject, StageResult
@@ -33,13 +35,16 @@ class EngineFailed(RuntimeError):
 
 class ScoreStage:
     def __init__(
-        self, engine: Engine, cache: ScoreCache, watchlist: Watchlist, languages: LanguageDetector | None
+        self, engine: Engine, cache: ScoreCache, watchlist: Watchlist, languages: LanguageDetector | None,
+        *, max_engine_texts: int = 512,
     ) -> None:
+        """engine: the model windows are scored with unless a call names another (a promoted model);
+        max_engine_texts: most texts of waiting windows merged into one engine call."""
         self.engine = engine
         self.cache = cache
         self.watchlist = watchlist
         self.languages = languages
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.queue = EngineQueue(max_engine_texts)
         # Language and entities do not feed the model, so they run beside it, in a thread of their own.
         self._enricher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enrich")
 
@@ -53,40 +58,32 @@ class ScoreStage:
                 langs[i] = detected[n] if detected else UNKNOWN
         return [(lang or UNKNOWN, find_entities(item.text, self.watchlist, item.tickers)) for lang, item in zip(langs, items)]
 
-    async def _predict(self, texts: Sequence[str]) -> list[Scores]:
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
+    async def _predict_isolating_failures(
+        self, engine: Engine, texts: list[str], *, alone: bool = False
+    ) -> dict[str, Scores | EngineFailed]:
+        """Scores per text. A failed call is retried on this window's texts alone (another window merged into
+        it may hold the bad text), then text by text, so one bad text fails alone."""
         try:
-            results = await loop.run_in_executor(self._executor, self.engine.predict, list(texts))
-        except Exception:
-            metrics.ENGINE_ERRORS.inc()
-            raise
-        metrics.ENGINE_SECONDS.labels(self.engine.backend).observe(time.perf_counter() - started)
-        metrics.ENGINE_BATCH_TEXTS.observe(len(texts))
-        metrics.ENGINE_BATCHES.inc()
-        metrics.ENGINE_TEXTS.inc(len(texts))
-        return results
-
-    async def _predict_isolating_failures(self, texts: list[str]) -> dict[str, Scores | EngineFailed]:
-        """Scores per text; if the batch fails, texts are retried one by one so one bad text fails alone."""
-        try:
-            return dict(zip(texts, await self._predict(texts)))
+            scores = await (self.queue.predict_alone if alone else self.queue.predict)(engine, texts)
+            return dict(zip(texts, scores))
         except Exception as exc:  # noqa: BLE001
+            if not alone:
+                return await self._predict_isolating_failures(engine, texts, alone=True)
             if len(texts) == 1:
                 log.exception("model failed on one text")
                 return {texts[0]: EngineFailed(f"{type(exc).__name__}: {exc}")}
         results: dict[str, Scores | EngineFailed] = {}
         for text in texts:
-            results |= await self._predict_isolating_failures([text])
+            results |= await self._predict_isolating_failures(engine, [text], alone=True)
         return results
 
-    async def __call__(self, batch: Sequence[Accepted[NewsItem]]) -> StageResult[ScoredItem]:
+    async def __call__(self, batch: Sequence[Accepted[NewsItem]], engine: Engine | None = None) -> StageResult[ScoredItem]:
         """A `ScoredItem` per item, in order, or an `engine_error` reject (stage `score`)."""
         result: StageResult[ScoredItem] = StageResult()
         if not batch:
             return result
         items = [accepted.value for accepted in batch]
-        scored = await self.score(items, [accepted.record.arrived_at() for accepted in batch])
+        scored = await self.score(items, [accepted.record.arrived_at() for accepted in batch], engine=engine)
         for accepted, outcome in zip(batch, scored):
             if isinstance(outcome, EngineFailed):
                 result.rejected.append(Reject(accepted.record, "engine_error", str(outcome), stage="score"))
@@ -95,12 +92,14 @@ class ScoreStage:
         return result
 
     async def score(
-        self, items: Sequence[NewsItem], arrived: Sequence[datetime] | None = None
+        self, items: Sequence[NewsItem], arrived: Sequence[datetime] | None = None, *, engine: Engine | None = None
     ) -> list[ScoredItem | EngineFailed]:
-        """One result per item, in order; `arrived` (Kafka timestamps) is the event time without published_at."""
+        """One result per item, in order; `arrived` (Kafka timestamps) is the event time without published_at.
+        engine: the model to score with (default self.engine), fixed for the whole window."""
         started = time.perf_counter()
+        engine = engine or self.engine
         arrived = arrived or [datetime.now(UTC)] * len(items)
-        version = self.engine.model_version
+        version = engine.model_version
         hashes = [text_hash(item.text) for item in items]
         # Language and entities are computed in their own thread while Redis answers and the model runs.
         enriching = asyncio.get_running_loop().run_in_executor(self._enricher, self._enrich, items)
@@ -108,7 +107,7 @@ class ScoreStage:
         to_score = {h: item.text for h, item in zip(hashes, items) if h not in cached}
         fresh: dict[str, Scores | EngineFailed] = {}
         if to_score:
-            by_text = await self._predict_isolating_failures(list(to_score.values()))
+            by_text = await self._predict_isolating_failures(engine, list(to_score.values()))
             fresh = {h: by_text[text] for h, text in to_score.items()}
             await self.cache.put_many(version, {h: s for h, s in fresh.items() if isinstance(s, Scores)})
         enriched = await enriching
@@ -150,14 +149,17 @@ class ScoreStage:
         return results
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await self.queue.close()
         self._enricher.shutdown(wait=False, cancel_futures=True)
         await self.cache.close()
 
 
 def build_score_stage(
-    engine: Engine, pipeline: PipelineSettings, cache: CacheSettings, *, cache_prefix: str
+    engine: Engine, pipeline: PipelineSettings, cache: CacheSettings, *, cache_prefix: str, max_engine_texts: int = 512
 ) -> ScoreStage:
     """The stage as every driver configures it: Redis cache (none when its URL is empty), watchlist, language detection."""
     languages = LanguageDetector(pipeline.languages) if pipeline.detect_language else None
-    return ScoreStage(engine, ScoreCache(cache, prefix=cache_prefix), Watchlist.load(pipeline.watchlist), languages)
+    return ScoreStage(
+        engine, ScoreCache(cache, prefix=cache_prefix), Watchlist.load(pipeline.watchlist), languages,
+        max_engine_texts=max_engine_texts,
+    )
