@@ -100,6 +100,10 @@ class KafkaSettings(Section):
         "SCORE_IN_FLIGHT", 3, "Scoring micro-batches worked on at once; those waiting for the model go in together",
         ge=1, le=64,
     )
+    fetch_max_wait_ms: int = env(
+        "FETCH_MAX_WAIT_MS", 100, "Longest a fetch waits at the broker for new records, ms (Faust's own is 1500)",
+        ge=1, le=30_000,
+    )
     persist_batch_max: int = env("PERSIST_BATCH_MAX", 500, "Most rows per SQL upsert", ge=1, le=10_000)
     # Faust's take() starts this wait after each batch and ends it when the batch is full: under load the upserts
     # still fill up to PERSIST_BATCH_MAX, so the wait only adds latency below that (200 ms before: most of the

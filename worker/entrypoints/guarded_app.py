@@ -1,4 +1,5 @@
-"""The worker's Faust app: one unreadable record batch pauses its partition instead of killing the worker.
+"""The worker's Faust app: one unreadable record batch pauses its partition instead of killing the worker,
+and fetches wait at most FINPULSE_FETCH_MAX_WAIT_MS at the broker.
 
 aiokafka decodes record batches only when the Faust fetcher drains them. A batch in a codec whose
 library is missing here, or one that fails its CRC, raises out of that drain, Faust's consumer
@@ -40,6 +41,15 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         super().__init__(*args, **kwargs)
         self.paused_on: dict[TP, str] = {}
         self._published: set[TP] = set()
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        """Faust's consumer, with the app's fetch wait instead of the 1.5 s its driver hard-codes. aiokafka keeps one
+        fetch in flight per broker: a fetch for partitions with no new records (the docs, say, while the scored
+        records are being produced) makes every other partition wait for it, which stalled the persist agent
+        for 1.2-1.5 s whenever a burst of docs was scored (docs/performance.md, fifth round)."""
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.consumer.app.fetch_max_wait_ms  # read when the consumer starts its fetcher
+        return consumer
 
     async def _fetch_records(
         self, consumer: Any, active_partitions: set[TP] | None, timeout: float | None = None, max_records: int | None = None
@@ -125,11 +135,13 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class GuardedApp(faust.App):
-    """faust.App whose Kafka consumer pauses a partition on an unreadable batch; `readiness` backs /health."""
+    """faust.App whose Kafka consumer pauses a partition on an unreadable batch and waits at most fetch_max_wait_ms
+    for a fetch; `readiness` backs /health."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fetch_max_wait_ms: int = 100, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.readiness = Readiness()
+        self.fetch_max_wait_ms = fetch_max_wait_ms
 
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self)

@@ -8,7 +8,9 @@
 Offsets: the agents read with Faust's `noack_take`, which leaves acking to us, and ack
 a batch's events only after its outputs are sent or written. So Faust never commits
 past unfinished work, even if a batch is interrupted by shutdown or a rebalance (plain
-`take()` acks in a `finally`). A batch never raises: failures are retried inside the
+`take()` acks in a `finally`). The score agent works on up to FINPULSE_SCORE_IN_FLIGHT
+batches at once, so the model always has the next one queued, and finishes them in the
+order it took them (worker/entrypoints/in_order.py). A batch never raises: failures are retried inside the
 stages or come back as rejects, which go to the DLQ. A part that is stuck retrying says so
 on `/health` (worker/health.py); a batch the consumer cannot decode pauses only its
 partition (worker/entrypoints/guarded_app.py).
@@ -98,6 +100,7 @@ def create_app(settings: Settings, engine: Engine, model_dir: str | None = None)
         web_port=kafka.web_port,
         web_bind=kafka.web_host,
         web_in_thread=False,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
     )
     docs = app.topic(settings.topic("docs"), key_type=bytes, value_type=bytes)
     scored = app.topic(settings.topic("scored"), key_type=bytes, value_type=bytes)
