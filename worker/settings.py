@@ -96,6 +96,8 @@ class KafkaSettings(Section):
     # 88.8 / 99.5 / 95.4 docs/s and stored p99 at half rate 504 / 430 / 618 ms for 64 / 128 / 256).
     batch_max: int = env("BATCH_MAX", 128, "Most documents per scoring micro-batch", ge=1, le=4096)
     batch_wait_ms: int = env("BATCH_WAIT_MS", 20, "Longest wait to fill a scoring micro-batch, ms", ge=1, le=60_000)
+    # 3 by measurement (bench --pipeline, starter int8, one worker): stored p99 at half rate 121-136 ms against
+    # 204-221 with 1, for about 4 % less cold throughput (125-127 against 132 docs/s; docs/performance.md, fifth round).
     score_in_flight: int = env(
         "SCORE_IN_FLIGHT", 3, "Scoring micro-batches worked on at once; those waiting for the model go in together",
         ge=1, le=64,
