@@ -6,7 +6,7 @@
 
 - `decode.py`: bytes to a validated, normalised `NewsItem` (and `ScoredItem` for persist).
 - `score.py`: language (`language.py`), entities (`entities.py`), the Redis cache
-  (`cache.py`) and the model on the misses.
+  (`cache.py`) and the model on the misses, through its queue (`engine_queue.py`).
 - `persist.py`: one transaction over the store's repositories (`worker/store/`):
   documents, their windows (`aggregates.py`), the alert rules (`rules.py`, pure).
 
