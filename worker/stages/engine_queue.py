@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -49,7 +49,8 @@ class EngineQueue:
         return await call.result
 
     async def predict_alone(self, engine: Engine, texts: Sequence[str]) -> list[Scores]:
-        """One engine call for these texts only, after those already waiting: for isolating a text that fails."""
+        """One engine call for these texts only, merged with nothing (it runs after the call the engine's thread is
+        on): for isolating a text that fails."""
         loop = asyncio.get_running_loop()
         return await self._timed(engine, list(texts), lambda: loop.run_in_executor(self._executor, engine.predict, texts))
 
@@ -90,7 +91,7 @@ class EngineQueue:
         return calls
 
     @staticmethod
-    async def _timed(engine: Engine, texts: list[str], run) -> list[Scores]:  # type: ignore[no-untyped-def]
+    async def _timed(engine: Engine, texts: list[str], run: Callable[[], Awaitable[list[Scores]]]) -> list[Scores]:
         started = time.perf_counter()
         try:
             scores = await run()
