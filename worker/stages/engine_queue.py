@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -37,7 +38,7 @@ class EngineQueue:
             raise ValueError(f"max_texts must be >= 1, got {max_texts}")
         self.max_texts = max_texts
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self._waiting: list[_Call] = []
+        self._waiting: deque[_Call] = deque()
         self._runner: asyncio.Task[None] | None = None
 
     async def predict(self, engine: Engine, texts: Sequence[str]) -> list[Scores]:
@@ -51,11 +52,9 @@ class EngineQueue:
     async def predict_alone(self, engine: Engine, texts: Sequence[str]) -> list[Scores]:
         """One engine call for these texts only, merged with nothing (it runs after the call the engine's thread is
         on): for isolating a text that fails."""
-        loop = asyncio.get_running_loop()
-        return await self._timed(engine, list(texts), lambda: loop.run_in_executor(self._executor, engine.predict, texts))
+        return await self._call(engine, list(texts))
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._waiting:
             calls = self._next_calls()
             live = [call for call in calls if not call.result.done()]  # a cancelled window needs no scores
@@ -64,7 +63,7 @@ class EngineQueue:
             texts = [text for call in live for text in call.texts]
             engine = live[0].engine
             try:
-                scores = await self._timed(engine, texts, lambda: loop.run_in_executor(self._executor, engine.predict, texts))
+                scores = await self._call(engine, texts)
             except asyncio.CancelledError:  # closing: nobody waits for these windows any more
                 for call in live:
                     call.result.cancel()
@@ -82,19 +81,19 @@ class EngineQueue:
 
     def _next_calls(self) -> list[_Call]:
         """The oldest call and those after it for the same engine, up to max_texts texts together."""
-        first = self._waiting.pop(0)
+        first = self._waiting.popleft()
         calls, total = [first], len(first.texts)
         while self._waiting and self._waiting[0].engine is first.engine and total + len(self._waiting[0].texts) <= self.max_texts:
-            call = self._waiting.pop(0)
+            call = self._waiting.popleft()
             calls.append(call)
             total += len(call.texts)
         return calls
 
-    @staticmethod
-    async def _timed(engine: Engine, texts: list[str], run: Callable[[], Awaitable[list[Scores]]]) -> list[Scores]:
+    async def _call(self, engine: Engine, texts: list[str]) -> list[Scores]:
+        """engine.predict(texts) in the engine's thread, counted in the engine metrics."""
         started = time.perf_counter()
         try:
-            scores = await run()
+            scores = await asyncio.get_running_loop().run_in_executor(self._executor, engine.predict, texts)
         except Exception:
             metrics.ENGINE_ERRORS.inc()
             raise
